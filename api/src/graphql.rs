@@ -1,0 +1,361 @@
+//! GraphQL: `events` as a connection, `eventCounts`, and the `ingestEvents`
+//! mutation, over the same cell operations as the REST routes.
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql::{
+    Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, Object, Schema,
+    SimpleObject,
+};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use honeycell_auth::TenantContext;
+use honeycell_cell::query::{self, Bucket, Cursor, GroupBy, col};
+use honeycell_storage::build_batch;
+use honeycell_types::ErrorClass;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::http::{Tenant, build_filter, page_size};
+use crate::ingest::EventIn;
+use crate::json::rfc3339_us;
+use crate::{ApiState, now_us};
+
+pub type HoneycellSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// Builds the schema (with depth and complexity limits against abuse).
+pub fn schema() -> HoneycellSchema {
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+        .limit_depth(12)
+        .limit_complexity(5_000)
+        .finish()
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(e: ApiError) -> Self {
+        let retry = match e.class {
+            ErrorClass::Overloaded { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
+        };
+        async_graphql::Error::new(e.message).extend_with(|_, ext| {
+            ext.set("code", e.code);
+            ext.set("status", e.class.http_status());
+            if let Some(i) = e.index {
+                ext.set("index", i as u64);
+            }
+            if let Some(r) = retry {
+                ext.set("retryAfterSeconds", r);
+            }
+        })
+    }
+}
+
+fn caller<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<(&'a TenantContext, &'a ApiState)> {
+    Ok((ctx.data::<TenantContext>()?, ctx.data::<ApiState>()?))
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum EventTypeGql {
+    Insert,
+    Update,
+    Delete,
+    Custom,
+}
+
+impl EventTypeGql {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventTypeGql::Insert => "INSERT",
+            EventTypeGql::Update => "UPDATE",
+            EventTypeGql::Delete => "DELETE",
+            EventTypeGql::Custom => "CUSTOM",
+        }
+    }
+}
+
+#[derive(InputObject, Default)]
+pub struct EventFilterInput {
+    entity_type: Option<String>,
+    event_type: Option<EventTypeGql>,
+    entity_id: Option<String>,
+    /// RFC 3339 time or integer microseconds; inclusive.
+    since: Option<String>,
+    /// RFC 3339 time or integer microseconds; exclusive.
+    until: Option<String>,
+}
+
+impl EventFilterInput {
+    fn to_filter(&self) -> Result<query::EventFilter, ApiError> {
+        build_filter(
+            self.entity_type.clone(),
+            self.event_type.map(EventTypeGql::as_str),
+            self.entity_id.clone(),
+            self.since.as_deref(),
+            self.until.as_deref(),
+        )
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Event {
+    event_id: String,
+    org_id: String,
+    event_type: String,
+    entity_type: String,
+    entity_id: String,
+    /// RFC 3339, microsecond precision, UTC.
+    occurred_at: String,
+    data: Option<Json<Value>>,
+    changes: Option<Json<Value>>,
+    user_id: Option<String>,
+    trace_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct EventEdge {
+    cursor: String,
+    node: Event,
+}
+
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    has_next_page: bool,
+    end_cursor: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct EventConnection {
+    edges: Vec<EventEdge>,
+    page_info: PageInfo,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum GroupByGql {
+    EntityType,
+    EventType,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum TimeBucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+#[derive(SimpleObject)]
+pub struct EventCount {
+    key: String,
+    /// Start of the bucket, RFC 3339.
+    bucket_start: String,
+    count: u64,
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// The caller's events, oldest first, as a Relay-style connection.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<EventFilterInput>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<EventConnection> {
+        let (tenant, state) = caller(ctx)?;
+        let filter = filter.unwrap_or_default().to_filter()?;
+        let first = match first {
+            Some(n) if n < 1 => return Err(ApiError::bad_request("invalid_limit", "first must be at least 1").into()),
+            Some(n) => Some(n as usize),
+            None => None,
+        };
+        let limit = page_size(state, first)?;
+        let after = after
+            .as_deref()
+            .map(Cursor::decode)
+            .transpose()
+            .map_err(ApiError::from)?;
+        let snapshot = state.cells.snapshot(tenant).await.map_err(ApiError::from)?;
+        let page = query::page(&snapshot, &filter, after, limit).map_err(ApiError::from)?;
+        let mut edges = Vec::with_capacity(page.offsets.len());
+        let mut offsets = page.offsets.iter();
+        for batch in &page.batches {
+            let s = |c: usize| batch.column(c).as_string::<i32>();
+            let ts = batch.column(col::OCCURRED_AT).as_primitive::<TimestampMicrosecondType>();
+            let opt = |c: usize, i: usize| {
+                let a = s(c);
+                (!a.is_null(i)).then(|| a.value(i).to_owned())
+            };
+            let json = |c: usize, i: usize| {
+                let a = s(c);
+                (!a.is_null(i)).then(|| Json(serde_json::from_str(a.value(i)).unwrap_or(Value::Null)))
+            };
+            for i in 0..batch.num_rows() {
+                let offset = offsets.next().copied().unwrap_or_default();
+                edges.push(EventEdge {
+                    cursor: Cursor(offset).encode(),
+                    node: Event {
+                        event_id: s(col::EVENT_ID).value(i).to_owned(),
+                        org_id: s(col::ORG_ID).value(i).to_owned(),
+                        event_type: s(col::EVENT_TYPE).value(i).to_owned(),
+                        entity_type: s(col::ENTITY_TYPE).value(i).to_owned(),
+                        entity_id: s(col::ENTITY_ID).value(i).to_owned(),
+                        occurred_at: rfc3339_us(ts.value(i)),
+                        data: json(col::DATA, i),
+                        changes: json(col::CHANGES, i),
+                        user_id: opt(col::USER_ID, i),
+                        trace_id: opt(col::TRACE_ID, i),
+                    },
+                });
+            }
+        }
+        let end_cursor = edges.last().map(|e| e.cursor.clone());
+        Ok(EventConnection {
+            edges,
+            page_info: PageInfo {
+                has_next_page: page.next_cursor.is_some(),
+                end_cursor,
+            },
+        })
+    }
+
+    /// Counts of the caller's events by key and time bucket.
+    async fn event_counts(
+        &self,
+        ctx: &Context<'_>,
+        group_by: GroupByGql,
+        bucket: TimeBucket,
+        filter: Option<EventFilterInput>,
+    ) -> async_graphql::Result<Vec<EventCount>> {
+        let (tenant, state) = caller(ctx)?;
+        let filter = filter.unwrap_or_default().to_filter()?;
+        let snapshot = state.cells.snapshot(tenant).await.map_err(ApiError::from)?;
+        let group_by = match group_by {
+            GroupByGql::EntityType => GroupBy::EntityType,
+            GroupByGql::EventType => GroupBy::EventType,
+        };
+        let bucket = match bucket {
+            TimeBucket::Minute => Bucket::Minute,
+            TimeBucket::Hour => Bucket::Hour,
+            TimeBucket::Day => Bucket::Day,
+        };
+        let counts = query::counts(&snapshot, &filter, group_by, bucket).map_err(ApiError::from)?;
+        Ok(counts
+            .into_iter()
+            .map(|c| EventCount {
+                key: c.key,
+                bucket_start: rfc3339_us(c.bucket_start_us),
+                count: c.count,
+            })
+            .collect())
+    }
+}
+
+#[derive(InputObject)]
+pub struct EventInput {
+    /// A UUID; omitted: a UUIDv7 is assigned.
+    event_id: Option<String>,
+    event_type: EventTypeGql,
+    entity_type: String,
+    entity_id: String,
+    /// RFC 3339 time or integer microseconds; omitted: now.
+    occurred_at: Option<String>,
+    data: Option<Json<Value>>,
+    changes: Option<Json<Value>>,
+    user_id: Option<String>,
+    trace_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct IngestResult {
+    accepted: u64,
+    event_ids: Vec<String>,
+}
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Appends events to the caller's org; all or nothing, durable when answered.
+    async fn ingest_events(
+        &self,
+        ctx: &Context<'_>,
+        events: Vec<EventInput>,
+    ) -> async_graphql::Result<IngestResult> {
+        let (tenant, state) = caller(ctx)?;
+        if events.is_empty() {
+            return Err(ApiError::bad_request("empty_batch", "events holds no events; send at least one").into());
+        }
+        let max = state.config.max_batch_events;
+        if events.len() > max {
+            return Err(ApiError::new(
+                ErrorClass::TooLarge,
+                "batch_too_large",
+                format!("events holds {} events, over http.max_batch_events {max}; split it", events.len()),
+            )
+            .into());
+        }
+        let mut parsed = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            let input = EventIn {
+                event_id: e.event_id,
+                event_type: e.event_type.as_str().to_owned(),
+                entity_type: e.entity_type,
+                entity_id: e.entity_id,
+                occurred_at: e.occurred_at.map(Value::String),
+                data: e.data.map(|j| j.0),
+                changes: e.changes.map(|j| j.0),
+                user_id: e.user_id,
+                trace_id: e.trace_id,
+            };
+            parsed.push(input.into_new_event(i)?);
+        }
+        let batch = build_batch(&tenant.org, &parsed, now_us()).map_err(ApiError::from)?;
+        let ids: Vec<String> = batch
+            .column(col::EVENT_ID)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .map(str::to_owned)
+            .collect();
+        let ack = state.cells.ingest(tenant, batch).await.map_err(ApiError::from)?;
+        Ok(IngestResult {
+            accepted: ack.rows,
+            event_ids: ids,
+        })
+    }
+}
+
+/// `POST /graphql`. Authentication happens before execution; a request that
+/// was refused by a limit answers 429 with `Retry-After`, as REST does.
+pub async fn graphql_handler(
+    State(state): State<ApiState>,
+    Tenant(tenant): Tenant,
+    req: GraphQLRequest,
+) -> Response {
+    let req = req.into_inner().data(tenant).data(state.clone());
+    let resp = state.schema.execute(req).await;
+    let retry = resp.errors.iter().find_map(|e| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("retryAfterSeconds"))
+            .and_then(|v| match v {
+                async_graphql::Value::Number(n) => n.as_u64(),
+                _ => None,
+            })
+    });
+    let mut out = GraphQLResponse::from(resp).into_response();
+    if let Some(secs) = retry {
+        *out.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        out.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    out
+}
+
+/// `GET /graphql`: GraphiQL.
+pub async fn graphiql() -> impl IntoResponse {
+    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+}

@@ -1,0 +1,255 @@
+//! HTTP routes: events, operations endpoints, and the request metrics layer.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use honeycell_auth::TenantContext;
+use honeycell_cell::metrics;
+use honeycell_cell::query::{self, Cursor, EventFilter};
+use honeycell_storage::build_batch;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::ingest::{parse_json_array, parse_ndjson};
+use crate::json::write_events;
+use crate::{ApiState, now_us};
+
+/// The verified caller. Extracting it is authentication: the org, subject
+/// and role come only from the verified credential.
+pub struct Tenant(pub TenantContext);
+
+impl FromRequestParts<ApiState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let header = match parts.headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                ApiError::from(honeycell_auth::Error::Malformed {
+                    reason: "the Authorization header is not visible ASCII".into(),
+                })
+            })?),
+        };
+        Ok(Tenant(state.verifier.verify_bearer(header)?))
+    }
+}
+
+/// Fixed route labels for metrics (never the raw path: unbounded cardinality).
+fn route_label(method: &Method, path: Option<&str>) -> &'static str {
+    match (method.as_str(), path.unwrap_or("")) {
+        ("POST", "/v1/events") => "POST /v1/events",
+        ("GET", "/v1/events") => "GET /v1/events",
+        ("POST", "/graphql") => "POST /graphql",
+        ("GET", "/graphql") => "GET /graphql",
+        ("GET", "/health") => "GET /health",
+        ("GET", "/ready") => "GET /ready",
+        ("GET", "/metrics") => "GET /metrics",
+        _ => "other",
+    }
+}
+
+/// Records count, status and latency of every request in the landing cell.
+pub async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_label(
+        request.method(),
+        request.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+    );
+    let response = next.run(request).await;
+    metrics::record_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// `POST /v1/events`: a JSON array, or NDJSON with
+/// `Content-Type: application/x-ndjson`.
+pub async fn post_events(
+    State(state): State<ApiState>,
+    Tenant(ctx): Tenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            honeycell_types::ErrorClass::TooLarge,
+            "body_too_large",
+            format!("the body is larger than {limit} bytes (http.max_body_bytes); send smaller batches"),
+        )
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let max = state.config.max_batch_events;
+    let events = if content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+    {
+        parse_ndjson(&bytes, max)?
+    } else if content_type.starts_with("application/json") {
+        parse_json_array(&bytes, max)?
+    } else {
+        return Err(ApiError::new(
+            honeycell_types::ErrorClass::BadRequest,
+            "unsupported_media_type",
+            format!("Content-Type {content_type:?} is not accepted; use application/json (an array) or application/x-ndjson"),
+        ));
+    };
+    let batch = build_batch(&ctx.org, &events, now_us())?;
+    let ids = batch.column(query::col::EVENT_ID).clone();
+    let ack = state.cells.ingest(&ctx, batch).await?;
+    let ids: Vec<&str> = arrow::array::AsArray::as_string::<i32>(ids.as_ref())
+        .iter()
+        .flatten()
+        .collect();
+    Ok((
+        StatusCode::OK,
+        axum::Json(json!({ "accepted": ack.rows, "event_ids": ids })),
+    )
+        .into_response())
+}
+
+/// Query string of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    entity_type: Option<String>,
+    event_type: Option<String>,
+    entity_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Builds the shared filter from textual parameters (HTTP and GraphQL).
+pub fn build_filter(
+    entity_type: Option<String>,
+    event_type: Option<&str>,
+    entity_id: Option<String>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<EventFilter, ApiError> {
+    Ok(EventFilter::from_params(entity_type, event_type, entity_id, since, until)?)
+}
+
+/// The page size asked for, checked against the configured bounds.
+pub fn page_size(state: &ApiState, asked: Option<usize>) -> Result<usize, ApiError> {
+    let max = state.config.max_page_size;
+    match asked {
+        None => Ok(state.config.default_page_size.min(max)),
+        Some(0) => Err(ApiError::bad_request("invalid_limit", "limit must be at least 1")),
+        Some(n) if n > max => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit {n} is over the maximum page size {max} (http.max_page_size); page with the cursor"),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// `GET /v1/events`: one page of the caller's events, as JSON or, with
+/// `Accept: application/vnd.apache.arrow.stream`, as an Arrow IPC stream.
+pub async fn get_events(
+    State(state): State<ApiState>,
+    Tenant(ctx): Tenant,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let filter = build_filter(
+        q.entity_type,
+        q.event_type.as_deref(),
+        q.entity_id,
+        q.since.as_deref(),
+        q.until.as_deref(),
+    )?;
+    let limit = page_size(&state, q.limit)?;
+    let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let snapshot = state.cells.snapshot(&ctx).await?;
+    let page = query::page(&snapshot, &filter, after, limit)?;
+    let next = page.next_cursor.map(Cursor::encode);
+
+    let wants_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(ARROW_STREAM));
+    if wants_arrow {
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &honeycell_storage::event_schema())
+                .map_err(honeycell_cell::Error::from)?;
+            for b in &page.batches {
+                w.write(b).map_err(honeycell_cell::Error::from)?;
+            }
+            w.finish().map_err(honeycell_cell::Error::from)?;
+        }
+        let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, ARROW_STREAM)], buf).into_response();
+        if let Some(c) = next
+            && let Ok(v) = c.parse()
+        {
+            resp.headers_mut().insert("x-next-cursor", v);
+        }
+        return Ok(resp);
+    }
+
+    let mut out = Vec::with_capacity(64 + page.num_rows() * 256);
+    out.extend_from_slice(b"{\"events\":[");
+    let mut first = true;
+    for b in &page.batches {
+        write_events(&mut out, b, first);
+        first &= b.num_rows() == 0;
+    }
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match next {
+        Some(c) => {
+            let _ = serde_json::to_writer(&mut out, &c);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// `GET /health`: the process is up.
+pub async fn health() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// `GET /ready`: every cell answers over the bus (so its runtime, inbox and
+/// storage are running).
+pub async fn ready(State(state): State<ApiState>) -> Response {
+    match state.cells.ping_all(std::time::Duration::from_secs(2)).await {
+        Ok(()) => axum::Json(json!({ "status": "ready", "cells": state.cells.cells() })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not_ready", "reason": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text gathered from every cell.
+pub async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let cells = state.cells.gather_metrics().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&cells),
+    )
+        .into_response())
+}
+
+/// Unknown routes answer JSON too.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        honeycell_types::ErrorClass::NotFound,
+        "not_found",
+        format!("no route for {}; see the README for the API", uri.path()),
+    )
+}

@@ -1,0 +1,114 @@
+//! The HTTP face of Honeycell: REST (`/v1/events`), GraphQL (`/graphql`),
+//! and the operations endpoints (`/health`, `/ready`, `/metrics`).
+//!
+//! Every cell runs this server on the shared HTTP port (SO_REUSEPORT), on its
+//! own runtime; a handler authenticates the caller where the request landed
+//! and hands the operation to the owning cell through its
+//! [`honeycell_cell::CellHandle`]. This crate owns wire formats (JSON in and
+//! out, Arrow IPC over HTTP) and the mapping of errors to HTTP answers
+//! (`error.rs`); it deliberately holds no tenant state. Read `http.rs` for
+//! the REST routes and `graphql.rs` for the schema.
+
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod ingest;
+pub mod json;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use honeycell_auth::Verifier;
+use honeycell_cell::{CellHandle, Shutdown};
+use serde::Deserialize;
+
+/// `[http]` settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most events in one ingest batch.
+    pub max_batch_events: usize,
+    /// Page size when `limit`/`first` is not given.
+    pub default_page_size: usize,
+    /// Largest page a client may ask for.
+    pub max_page_size: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_events: 10_000,
+            default_page_size: 100,
+            max_page_size: 10_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the values; the error names the key to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes < 1024 {
+            return Err("http.max_body_bytes must be at least 1024".into());
+        }
+        if self.max_batch_events == 0 || self.max_page_size == 0 || self.default_page_size == 0 {
+            return Err("http.max_batch_events, http.max_page_size and http.default_page_size must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Shared, immutable state of the HTTP handlers of one cell.
+#[derive(Clone)]
+pub struct ApiState {
+    pub cells: CellHandle,
+    pub verifier: Verifier,
+    pub config: Arc<HttpConfig>,
+    pub schema: graphql::HoneycellSchema,
+}
+
+impl ApiState {
+    pub fn new(cells: CellHandle, verifier: Verifier, config: Arc<HttpConfig>) -> Self {
+        Self {
+            cells,
+            verifier,
+            config,
+            schema: graphql::schema(),
+        }
+    }
+}
+
+/// Current time in microseconds since the epoch.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// All routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/events", get(http::get_events).post(http::post_events))
+        .route("/graphql", get(graphql::graphiql).post(graphql::graphql_handler))
+        .route("/health", get(http::health))
+        .route("/ready", get(http::ready))
+        .route("/metrics", get(http::metrics_text))
+        .fallback(http::not_found)
+        // The body limit is enforced by the handlers with a JSON error; the
+        // default axum limit would answer plain text first.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(http::record_metrics))
+        .with_state(state)
+}
+
+/// Serves HTTP on `listener` until `shutdown`, then drains open requests.
+pub async fn serve(listener: std::net::TcpListener, state: ApiState, shutdown: Shutdown) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.wait())
+        .await
+}

@@ -1,0 +1,54 @@
+use honeycell_types::OrgId;
+
+use crate::role::Role;
+
+/// Who is calling, for which tenant, with which rights. Built only from a
+/// verified credential; every field is trustworthy.
+///
+/// Deliberately not `Serialize`: it is an in-process value, not a wire format.
+#[derive(Clone, Debug)]
+pub struct TenantContext {
+    /// The tenant; all data access is scoped to it.
+    pub org: OrgId,
+    /// The user or service the credential was issued to (`sub`).
+    pub subject: String,
+    pub role: Role,
+    /// How the caller proved its identity, for audit logs and expiry checks.
+    pub credential: Credential,
+}
+
+/// The kind of credential a request presented. API keys and OAuth-issued
+/// tokens will be further variants; code that needs the details matches on
+/// it, everything else uses only [`TenantContext`]'s other fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A JWT verified by [`crate::Verifier`].
+    Jwt {
+        /// The `kid` header, if the issuer set one.
+        key_id: Option<String>,
+        /// The `exp` claim, in seconds since the Unix epoch.
+        expires_at: u64,
+        /// The `jti` claim, for revocation lists and audit.
+        token_id: Option<String>,
+    },
+}
+
+/// Subjects end up in audit logs and metrics labels, so they are bounded and
+/// printable.
+pub(crate) const MAX_SUBJECT_BYTES: usize = 256;
+
+pub(crate) fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return Err(format!(
+            "must be at most {MAX_SUBJECT_BYTES} bytes, got {}",
+            subject.len()
+        ));
+    }
+    if subject.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+use honeycell_types::ErrorClass;
+
+use crate::role::Role;
+
+/// Errors of `honeycell-auth`. The messages go to clients as they are (in JSON
+/// error bodies), so each says what is wrong and what to do, and none carries
+/// key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing Authorization header; send `Authorization: Bearer <token>`")]
+    MissingToken,
+
+    #[error(
+        "the Authorization header does not use the Bearer scheme; send `Authorization: Bearer <token>`"
+    )]
+    NotBearer,
+
+    #[error("malformed token: {reason}; send the compact JWT exactly as it was issued")]
+    Malformed { reason: &'static str },
+
+    #[error(
+        "unsigned tokens (`alg: none`) are never accepted; send a token signed by this server's issuer"
+    )]
+    AlgNone,
+
+    #[error(
+        "token is signed with {got} but this server accepts only {expected}; request a token from this server's issuer"
+    )]
+    AlgorithmNotAllowed { got: String, expected: &'static str },
+
+    #[error(
+        "token signature is invalid: it was not signed with this server's key, or it was altered; request a new token"
+    )]
+    BadSignature,
+
+    #[error("token has expired; request a new token")]
+    Expired,
+
+    #[error("token is not valid yet (`nbf` is in the future); check the issuer's clock or wait")]
+    NotYetValid,
+
+    #[error("token issuer (`iss`) is not accepted; this server expects \"{expected}\"")]
+    WrongIssuer { expected: String },
+
+    #[error("token audience (`aud`) is not accepted; this server expects \"{expected}\"")]
+    WrongAudience { expected: String },
+
+    #[error("token claim `{claim}` is invalid: {reason}")]
+    InvalidClaim { claim: &'static str, reason: String },
+
+    #[error("unknown role {got:?}; expected one of {allowed}", allowed = Role::ALLOWED)]
+    UnknownRole { got: String },
+
+    #[error("invalid token lifetime {got:?}: {reason}; use a duration such as 30s, 15m or 1h")]
+    InvalidTtl { got: String, reason: String },
+
+    /// A configuration problem; `key` names the setting to fix (`jwt.secret`).
+    #[error("{key}: {reason}")]
+    Config { key: &'static str, reason: String },
+
+    #[error("could not sign the token: {reason}")]
+    Sign { reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Who is at fault: a problem with the presented credential is the
+    /// client's (401); configuration and signing failures are ours (500).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Config { .. } | Error::Sign { .. } => ErrorClass::Internal,
+            // Raised when parsing operator or request input (`--role`,
+            // `--ttl`), never while verifying a token.
+            Error::UnknownRole { .. } | Error::InvalidTtl { .. } => ErrorClass::BadRequest,
+            Error::MissingToken
+            | Error::NotBearer
+            | Error::Malformed { .. }
+            | Error::AlgNone
+            | Error::AlgorithmNotAllowed { .. }
+            | Error::BadSignature
+            | Error::Expired
+            | Error::NotYetValid
+            | Error::WrongIssuer { .. }
+            | Error::WrongAudience { .. }
+            | Error::InvalidClaim { .. } => ErrorClass::Unauthenticated,
+        }
+    }
+
+    /// A stable snake_case code per variant for JSON error bodies; clients
+    /// may match on it (e.g. refresh on `token_expired`), so never rename one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::MissingToken => "missing_token",
+            Error::NotBearer => "not_bearer",
+            Error::Malformed { .. } => "malformed_token",
+            Error::AlgNone => "alg_none",
+            Error::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
+            Error::BadSignature => "bad_signature",
+            Error::Expired => "token_expired",
+            Error::NotYetValid => "token_not_yet_valid",
+            Error::WrongIssuer { .. } => "wrong_issuer",
+            Error::WrongAudience { .. } => "wrong_audience",
+            Error::InvalidClaim { .. } => "invalid_claim",
+            Error::UnknownRole { .. } => "unknown_role",
+            Error::InvalidTtl { .. } => "invalid_ttl",
+            Error::Config { .. } => "auth_config",
+            Error::Sign { .. } => "sign_failed",
+        }
+    }
+}

@@ -1,0 +1,74 @@
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// What a credential may do inside its org. Carried in the `role` claim.
+///
+/// The enum is deliberately exhaustive: adding a role must make the compiler
+/// point at every `match` that decides permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything, including managing the org itself (keys, users, tokens).
+    Admin,
+    /// Day-to-day work: sending events and managing observer rules.
+    Operator,
+    /// Read-only access to events and aggregates.
+    Viewer,
+}
+
+/// An operation a request wants to perform, checked with [`Role::permits`].
+/// Resource-level RBAC will extend this (or take a resource next to it); the
+/// call sites stay `role.permits(action)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Query events and aggregates (HTTP, GraphQL, Flight `DoGet`).
+    ReadEvents,
+    /// Ingest events (`POST /v1/events`, Flight `DoPut`).
+    WriteEvents,
+    /// Create, change or delete observer rules.
+    ManageRules,
+    /// Org administration: users, API keys, tokens, quotas.
+    Administer,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Operator, Role::Viewer];
+    /// The accepted spellings, for error messages and CLI help.
+    pub const ALLOWED: &'static str = "admin, operator, viewer";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether this role may perform `action`. The single place where the
+    /// role-to-permission policy lives.
+    pub fn permits(self, action: Action) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Operator => !matches!(action, Action::Administer),
+            Role::Viewer => matches!(action, Action::ReadEvents),
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| Error::UnknownRole { got: s.to_owned() })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,130 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use honeycell_types::OrgId;
+use jsonwebtoken::{EncodingKey, Header};
+use serde::Serialize;
+
+use crate::config::{JwtConfig, KeyAlg};
+use crate::context::check_subject;
+use crate::error::{Error, Result};
+use crate::role::Role;
+
+/// Mints tokens that [`crate::Verifier`] accepts: for the `honeycell token`
+/// command and for tests. The server itself never needs one unless it holds
+/// the private key.
+#[derive(Clone)]
+pub struct Signer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    alg: KeyAlg,
+    key: EncodingKey,
+    header: Header,
+    issuer: String,
+    audience: String,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field("algorithm", &self.inner.alg.name())
+            .field("key_id", &self.inner.header.kid)
+            .field("issuer", &self.inner.issuer)
+            .field("audience", &self.inner.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The claims we write: this struct is the token's wire format.
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    org: &'a str,
+    role: &'static str,
+    iat: u64,
+    exp: u64,
+    iss: &'a str,
+    aud: &'a str,
+    jti: String,
+}
+
+impl Signer {
+    /// Loads the signing key (the HS256 secret, or `jwt.private_key_file`).
+    pub fn new(config: &JwtConfig) -> Result<Self> {
+        let alg = config.key_alg()?;
+        let key = config.encoding_key(alg)?;
+        let mut header = Header::new(alg.jwt());
+        header.kid = config.key_id.clone();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                alg,
+                key,
+                header,
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
+            }),
+        })
+    }
+
+    /// A token for `subject` in `org` with `role`, valid from now for `ttl`
+    /// (whole seconds, at least one).
+    pub fn mint(&self, org: &OrgId, subject: &str, role: Role, ttl: Duration) -> Result<String> {
+        check_subject(subject).map_err(|reason| Error::InvalidClaim {
+            claim: "sub",
+            reason,
+        })?;
+        let ttl_secs = ttl.as_secs();
+        if ttl_secs == 0 {
+            return Err(Error::InvalidTtl {
+                got: format!("{ttl:?}"),
+                reason: "must be at least 1s".to_owned(),
+            });
+        }
+        let now = unix_now();
+        let exp = now.checked_add(ttl_secs).ok_or_else(|| Error::InvalidTtl {
+            got: format!("{ttl:?}"),
+            reason: "is too long".to_owned(),
+        })?;
+        let claims = MintedClaims {
+            sub: subject,
+            org: org.as_str(),
+            role: role.as_str(),
+            iat: now,
+            exp,
+            iss: &self.inner.issuer,
+            aud: &self.inner.audience,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        jsonwebtoken::encode(&self.inner.header, &claims, &self.inner.key).map_err(|e| {
+            Error::Sign {
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+/// Parses a token lifetime such as `30s`, `15m`, `1h` or `7days` (humantime
+/// syntax); at least one second.
+pub fn parse_ttl(s: &str) -> Result<Duration> {
+    let ttl = humantime::parse_duration(s.trim()).map_err(|e| Error::InvalidTtl {
+        got: s.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if ttl.as_secs() == 0 {
+        return Err(Error::InvalidTtl {
+            got: s.to_owned(),
+            reason: "must be at least 1s".to_owned(),
+        });
+    }
+    Ok(ttl)
+}
+
+fn unix_now() -> u64 {
+    // A clock before 1970 is broken; the token then simply expires early.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,299 @@
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use honeycell_types::OrgId;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{JwtConfig, KeyAlg};
+use crate::context::{Credential, TenantContext, check_subject};
+use crate::error::{Error, Result};
+use crate::role::Role;
+
+/// Longest token accepted. Ours are a few hundred bytes; the bound keeps the
+/// work done on hostile input small before any signature is checked.
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Checks bearer tokens and turns them into a [`TenantContext`].
+///
+/// Immutable after construction and cheap to clone (one `Arc`), so every
+/// cell can hold a clone and verify where a request lands, without locks.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    alg: KeyAlg,
+    key: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithm", &self.inner.alg.name())
+            .field("issuer", &self.inner.issuer)
+            .field("audience", &self.inner.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The JOSE header, read by us before `jsonwebtoken` sees the token:
+/// `jsonwebtoken` cannot represent `alg: none`, and we want to name the
+/// offending algorithm precisely.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<Value>,
+    kid: Option<Value>,
+    crit: Option<Value>,
+}
+
+/// Claims as they arrive, loosely typed so that each problem gets its own
+/// message; `exp`, `nbf`, `iss`, `aud` are checked by `jsonwebtoken`.
+#[derive(Deserialize)]
+struct RawClaims {
+    sub: Option<Value>,
+    org: Option<Value>,
+    role: Option<Value>,
+    exp: Option<Value>,
+    jti: Option<Value>,
+}
+
+impl Verifier {
+    /// Loads and checks the key; fails with [`Error::Config`] naming the
+    /// setting to fix.
+    pub fn new(config: &JwtConfig) -> Result<Self> {
+        let alg = config.key_alg()?;
+        let key = config.decoding_key(alg)?;
+        let mut validation = Validation::new(alg.jwt());
+        validation.leeway = config.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                alg,
+                key,
+                validation,
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
+            }),
+        })
+    }
+
+    /// Verifies the value of an `Authorization` header (`None` if absent).
+    /// The scheme is matched case-insensitively, as RFC 9110 §11.1 requires.
+    pub fn verify_bearer(&self, authorization: Option<&str>) -> Result<TenantContext> {
+        let value = authorization
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .ok_or(Error::MissingToken)?;
+        let (scheme, token) = value
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Error::NotBearer);
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(Error::Malformed {
+                reason: "the Bearer credential is empty",
+            });
+        }
+        self.verify(token)
+    }
+
+    /// Verifies a compact JWT: algorithm, signature, then claims.
+    pub fn verify(&self, token: &str) -> Result<TenantContext> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::Malformed {
+                reason: "the token is longer than 8 KiB",
+            });
+        }
+        let key_id = self.check_header(token)?;
+        let data =
+            jsonwebtoken::decode::<RawClaims>(token, &self.inner.key, &self.inner.validation)
+                .map_err(|e| self.map_decode_error(e.into_kind()))?;
+        let claims = data.claims;
+
+        let org = string_claim("org", claims.org)?;
+        let org = OrgId::new(org).map_err(|e| Error::InvalidClaim {
+            claim: "org",
+            reason: e.to_string(),
+        })?;
+        let subject = string_claim("sub", claims.sub)?;
+        check_subject(&subject).map_err(|reason| Error::InvalidClaim {
+            claim: "sub",
+            reason,
+        })?;
+        let role = string_claim("role", claims.role)?
+            .parse::<Role>()
+            .map_err(|e| Error::InvalidClaim {
+                claim: "role",
+                reason: e.to_string(),
+            })?;
+        let token_id = match claims.jti {
+            None | Some(Value::Null) => None,
+            Some(Value::String(jti)) => Some(jti),
+            Some(_) => {
+                return Err(Error::InvalidClaim {
+                    claim: "jti",
+                    reason: "must be a string".to_owned(),
+                });
+            }
+        };
+        // `jsonwebtoken` has already checked that `exp` is a non-negative
+        // number and not in the past; it accepts floats, so do we.
+        let expires_at = claims
+            .exp
+            .as_ref()
+            .and_then(|exp| {
+                exp.as_u64()
+                    .or_else(|| exp.as_f64().map(|f| f.round() as u64))
+            })
+            .ok_or_else(|| Error::InvalidClaim {
+                claim: "exp",
+                reason: "must be a number of seconds since the Unix epoch".to_owned(),
+            })?;
+
+        Ok(TenantContext {
+            org,
+            subject,
+            role,
+            credential: Credential::Jwt {
+                key_id,
+                expires_at,
+                token_id,
+            },
+        })
+    }
+
+    /// Refuses `alg: none` and any algorithm other than the configured one
+    /// before a key is touched (algorithm confusion, RFC 8725 §2.1), and
+    /// returns the `kid`.
+    fn check_header(&self, token: &str) -> Result<Option<String>> {
+        let mut segments = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(Error::Malformed {
+                reason: "expected three base64url segments separated by `.`",
+            });
+        };
+        let header = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| Error::Malformed {
+                reason: "the header segment is not base64url",
+            })?;
+        let header: RawHeader = serde_json::from_slice(&header).map_err(|_| Error::Malformed {
+            reason: "the header is not a JSON object",
+        })?;
+        let Some(Value::String(alg)) = header.alg else {
+            return Err(Error::Malformed {
+                reason: "the header has no string `alg`",
+            });
+        };
+        if alg.eq_ignore_ascii_case("none") {
+            return Err(Error::AlgNone);
+        }
+        let expected = self.inner.alg.name();
+        if alg != expected {
+            return Err(Error::AlgorithmNotAllowed {
+                got: alg.chars().take(32).collect(),
+                expected,
+            });
+        }
+        if payload.is_empty() || signature.is_empty() {
+            return Err(Error::Malformed {
+                reason: "the claims or signature segment is empty",
+            });
+        }
+        // RFC 7515 §4.1.11: extensions listed in `crit` must be understood;
+        // we understand none.
+        if header.crit.is_some() {
+            return Err(Error::Malformed {
+                reason: "the header lists `crit` extensions, which this server does not support",
+            });
+        }
+        match header.kid {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(kid)) => Ok(Some(kid)),
+            Some(_) => Err(Error::Malformed {
+                reason: "the header `kid` is not a string",
+            }),
+        }
+    }
+
+    fn map_decode_error(&self, kind: ErrorKind) -> Error {
+        match kind {
+            ErrorKind::InvalidSignature => Error::BadSignature,
+            ErrorKind::ExpiredSignature => Error::Expired,
+            ErrorKind::ImmatureSignature => Error::NotYetValid,
+            ErrorKind::InvalidIssuer => Error::WrongIssuer {
+                expected: self.inner.issuer.clone(),
+            },
+            ErrorKind::InvalidAudience => Error::WrongAudience {
+                expected: self.inner.audience.clone(),
+            },
+            ErrorKind::MissingRequiredClaim(claim) => Error::InvalidClaim {
+                claim: spec_claim(&claim),
+                reason: "required claim is missing or has the wrong type".to_owned(),
+            },
+            ErrorKind::InvalidClaimFormat(claim) => Error::InvalidClaim {
+                claim: spec_claim(&claim),
+                reason: "must be a number of seconds since the Unix epoch".to_owned(),
+            },
+            ErrorKind::InvalidToken => Error::Malformed {
+                reason: "expected three base64url segments separated by `.`",
+            },
+            ErrorKind::Base64(_) => Error::Malformed {
+                reason: "a segment is not base64url",
+            },
+            ErrorKind::Json(_) | ErrorKind::Utf8(_) => Error::Malformed {
+                reason: "the header or the claims are not a JSON object of the expected shape",
+            },
+            _ => Error::Malformed {
+                reason: "the token could not be decoded",
+            },
+        }
+    }
+}
+
+fn string_claim(claim: &'static str, value: Option<Value>) -> Result<String> {
+    match value {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(Error::InvalidClaim {
+            claim,
+            reason: "required claim is missing".to_owned(),
+        }),
+        Some(_) => Err(Error::InvalidClaim {
+            claim,
+            reason: "must be a string".to_owned(),
+        }),
+    }
+}
+
+/// `jsonwebtoken` names claims with a `String`; ours are `&'static str`.
+fn spec_claim(name: &str) -> &'static str {
+    match name {
+        "exp" => "exp",
+        "nbf" => "nbf",
+        "iss" => "iss",
+        "aud" => "aud",
+        "sub" => "sub",
+        _ => "unknown",
+    }
+}

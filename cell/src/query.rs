@@ -1,0 +1,390 @@
+//! The native query path: filters, cursor paging and counts over an org's
+//! snapshot, computed with Arrow kernels on the batches themselves.
+//!
+//! A snapshot is an immutable list of Arrow batches with absolute offsets, so
+//! a page of results is a set of `take`s from those batches and the cursor is
+//! simply the offset of the last row returned. Nothing here converts rows to
+//! JSON: the protocol crates encode what this returns (JSON, Arrow IPC or
+//! Flight).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::kernels::cmp;
+use arrow::compute::{and, take_record_batch};
+use arrow::datatypes::TimestampMicrosecondType;
+use arrow_array::{Scalar, StringArray, TimestampMicrosecondArray};
+use base64::Engine as _;
+use honeycell_storage::{Chunk, EventType, OrgSnapshot};
+
+use crate::{Error, Result};
+
+/// Column positions in `honeycell_storage::event_schema()`.
+pub mod col {
+    pub const EVENT_ID: usize = 0;
+    pub const ORG_ID: usize = 1;
+    pub const EVENT_TYPE: usize = 2;
+    pub const ENTITY_TYPE: usize = 3;
+    pub const ENTITY_ID: usize = 4;
+    pub const OCCURRED_AT: usize = 5;
+    pub const DATA: usize = 6;
+    pub const CHANGES: usize = 7;
+    pub const USER_ID: usize = 8;
+    pub const TRACE_ID: usize = 9;
+}
+
+/// Row filters shared by every protocol.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventFilter {
+    pub entity_type: Option<String>,
+    pub event_type: Option<EventType>,
+    pub entity_id: Option<String>,
+    /// Inclusive lower bound on `occurred_at`, µs since the epoch.
+    pub since_us: Option<i64>,
+    /// Exclusive upper bound on `occurred_at`, µs since the epoch.
+    pub until_us: Option<i64>,
+}
+
+/// Parses RFC 3339 text (`2026-11-26T10:00:00Z`) or integer microseconds
+/// since the epoch.
+pub fn parse_time(s: &str) -> std::result::Result<i64, String> {
+    if let Ok(us) = s.parse::<i64>() {
+        return Ok(us);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-26T10:00:00Z, nor integer microseconds ({e})"))
+}
+
+impl EventFilter {
+    /// Builds a filter from textual parameters, as every protocol receives them.
+    pub fn from_params(
+        entity_type: Option<String>,
+        event_type: Option<&str>,
+        entity_id: Option<String>,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Self> {
+        let bad = |field: &'static str, reason: String| Error::BadFilter { field, reason };
+        let event_type = event_type
+            .map(|t| t.parse::<EventType>().map_err(|e| bad("event_type", e.to_string())))
+            .transpose()?;
+        let since_us = since.map(|s| parse_time(s).map_err(|e| bad("since", e))).transpose()?;
+        let until_us = until.map(|s| parse_time(s).map_err(|e| bad("until", e))).transpose()?;
+        Ok(Self {
+            entity_type,
+            event_type,
+            entity_id,
+            since_us,
+            until_us,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == EventFilter::default()
+    }
+
+    /// The rows of `batch` that match, as a boolean mask (None: all rows).
+    pub fn mask(&self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let mut mask: Option<BooleanArray> = None;
+        let mut add = |m: BooleanArray| -> Result<()> {
+            mask = Some(match mask.take() {
+                Some(prev) => and(&prev, &m)?,
+                None => m,
+            });
+            Ok(())
+        };
+        let eq_str = |column: usize, value: &str| -> Result<BooleanArray> {
+            let scalar = Scalar::new(StringArray::from(vec![value]));
+            Ok(cmp::eq(batch.column(column), &scalar)?)
+        };
+        if let Some(v) = &self.entity_type {
+            add(eq_str(col::ENTITY_TYPE, v)?)?;
+        }
+        if let Some(v) = &self.event_type {
+            add(eq_str(col::EVENT_TYPE, v.as_str())?)?;
+        }
+        if let Some(v) = &self.entity_id {
+            add(eq_str(col::ENTITY_ID, v)?)?;
+        }
+        let ts = |v: i64| {
+            Scalar::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"))
+        };
+        if let Some(v) = self.since_us {
+            add(cmp::gt_eq(batch.column(col::OCCURRED_AT), &ts(v))?)?;
+        }
+        if let Some(v) = self.until_us {
+            add(cmp::lt(batch.column(col::OCCURRED_AT), &ts(v))?)?;
+        }
+        Ok(mask)
+    }
+}
+
+/// One page of matching events.
+#[derive(Debug)]
+pub struct Page {
+    pub batches: Vec<RecordBatch>,
+    /// Absolute offset of every returned row, in order (for per-row cursors).
+    pub offsets: Vec<u64>,
+    /// Set when more matching rows exist after this page.
+    pub next_cursor: Option<Cursor>,
+}
+
+impl Page {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Opaque paging position: the offset of the last row already returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor(pub u64);
+
+impl Cursor {
+    const PREFIX: &'static str = "hc1:";
+
+    pub fn encode(self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}{}", Self::PREFIX, self.0))
+    }
+
+    pub fn decode(s: &str) -> Result<Self> {
+        let bad = || Error::BadCursor {
+            cursor: s.chars().take(64).collect(),
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| bad())?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
+        let n = text.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
+        n.parse().map(Cursor).map_err(|_| bad())
+    }
+}
+
+/// Iterates the matching rows of a snapshot after `after`, batch by batch,
+/// in offset order. It owns what it reads (a snapshot is a cheap `Arc`), so
+/// a protocol can stream from it lazily without holding borrows.
+#[derive(Clone, Debug)]
+pub struct Scan {
+    snapshot: OrgSnapshot,
+    filter: EventFilter,
+    after: Option<u64>,
+    next_chunk: usize,
+}
+
+impl Scan {
+    pub fn new(snapshot: &OrgSnapshot, filter: &EventFilter, after: Option<Cursor>) -> Self {
+        let after = after.map(|c| c.0);
+        // Skip whole chunks before the cursor without looking at them.
+        let next_chunk = match after {
+            Some(a) => snapshot
+                .chunks()
+                .partition_point(|c| c.first_offset + c.batch.num_rows() as u64 <= a + 1),
+            None => 0,
+        };
+        Self {
+            snapshot: snapshot.clone(),
+            filter: filter.clone(),
+            after,
+            next_chunk,
+        }
+    }
+
+    /// The matching row indices of one chunk past the cursor, and whether
+    /// that is the whole chunk.
+    fn matching(&self, chunk: &Chunk) -> Result<Option<(Vec<u32>, bool)>> {
+        let rows = chunk.batch.num_rows() as u64;
+        let skip = match self.after {
+            Some(a) if a + 1 >= chunk.first_offset + rows => return Ok(None),
+            Some(a) if a >= chunk.first_offset => a + 1 - chunk.first_offset,
+            _ => 0,
+        } as usize;
+        let mask = self.filter.mask(&chunk.batch)?;
+        match mask {
+            None => Ok(Some(((skip as u32..rows as u32).collect(), skip == 0))),
+            Some(m) => {
+                let idx: Vec<u32> = (skip..m.len())
+                    .filter(|i| m.is_valid(*i) && m.value(*i))
+                    .map(|i| i as u32)
+                    .collect();
+                let whole = idx.len() == m.len();
+                Ok(Some((idx, whole)))
+            }
+        }
+    }
+}
+
+/// Matching rows of one chunk.
+#[derive(Debug)]
+pub struct ScanBatch {
+    pub batch: RecordBatch,
+    chunk_first_offset: u64,
+    /// Row indices within the chunk; None when the whole chunk matched.
+    rows: Option<Vec<u32>>,
+}
+
+impl ScanBatch {
+    /// Absolute offset of row `i` of `batch`.
+    pub fn offset_of(&self, i: usize) -> u64 {
+        let within = match &self.rows {
+            Some(rows) => u64::from(rows[i]),
+            None => i as u64,
+        };
+        self.chunk_first_offset + within
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<ScanBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let snapshot = self.snapshot.clone();
+            let chunk = snapshot.chunks().get(self.next_chunk)?;
+            self.next_chunk += 1;
+            let (idx, whole) = match self.matching(chunk) {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            };
+            if idx.is_empty() {
+                continue;
+            }
+            // A whole, unfiltered chunk is passed on without copying.
+            if whole {
+                return Some(Ok(ScanBatch {
+                    batch: chunk.batch.clone(),
+                    chunk_first_offset: chunk.first_offset,
+                    rows: None,
+                }));
+            }
+            let batch = take_record_batch(&chunk.batch, &UInt32Array::from(idx.clone()));
+            return Some(batch.map_err(Error::from).map(|batch| ScanBatch {
+                batch,
+                chunk_first_offset: chunk.first_offset,
+                rows: Some(idx),
+            }));
+        }
+    }
+}
+
+/// One page of at most `limit` matching rows after `after`.
+pub fn page(
+    snapshot: &OrgSnapshot,
+    filter: &EventFilter,
+    after: Option<Cursor>,
+    limit: usize,
+) -> Result<Page> {
+    let mut batches = Vec::new();
+    let mut offsets = Vec::new();
+    let mut taken = 0usize;
+    let mut last = None;
+    for item in Scan::new(snapshot, filter, after) {
+        if taken >= limit {
+            break;
+        }
+        let sb = item?;
+        let n = sb.batch.num_rows().min(limit - taken);
+        offsets.extend((0..n).map(|i| sb.offset_of(i)));
+        last = Some(sb.offset_of(n - 1));
+        batches.push(if n == sb.batch.num_rows() {
+            sb.batch
+        } else {
+            sb.batch.slice(0, n)
+        });
+        taken += n;
+    }
+    // A full page has a next page if one more matching row exists after it.
+    let next_cursor = match last {
+        Some(l) if taken >= limit && Scan::new(snapshot, filter, Some(Cursor(l))).next().is_some() => {
+            Some(Cursor(l))
+        }
+        _ => None,
+    };
+    Ok(Page {
+        batches,
+        offsets,
+        next_cursor,
+    })
+}
+
+/// Grouping key of `eventCounts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    EntityType,
+    EventType,
+}
+
+/// Time bucket of `eventCounts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    fn micros(self) -> i64 {
+        match self {
+            Bucket::Minute => 60_000_000,
+            Bucket::Hour => 3_600_000_000,
+            Bucket::Day => 86_400_000_000,
+        }
+    }
+}
+
+/// One row of `eventCounts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Count {
+    pub key: String,
+    pub bucket_start_us: i64,
+    pub count: u64,
+}
+
+/// Counts matching events by key and time bucket, ordered by bucket then key.
+pub fn counts(
+    snapshot: &OrgSnapshot,
+    filter: &EventFilter,
+    group_by: GroupBy,
+    bucket: Bucket,
+) -> Result<Vec<Count>> {
+    let column = match group_by {
+        GroupBy::EntityType => col::ENTITY_TYPE,
+        GroupBy::EventType => col::EVENT_TYPE,
+    };
+    let width = bucket.micros();
+    let mut acc: BTreeMap<(i64, Arc<str>), u64> = BTreeMap::new();
+    let mut keys: std::collections::HashMap<String, Arc<str>> = Default::default();
+    for item in Scan::new(snapshot, filter, None) {
+        let batch = item?.batch;
+        let key_col = batch.column(column).as_string::<i32>();
+        let ts = batch
+            .column(col::OCCURRED_AT)
+            .as_primitive::<TimestampMicrosecondType>();
+        for i in 0..batch.num_rows() {
+            let k = key_col.value(i);
+            let key = match keys.get(k) {
+                Some(a) => a.clone(),
+                None => {
+                    let a: Arc<str> = Arc::from(k);
+                    keys.insert(k.to_owned(), a.clone());
+                    a
+                }
+            };
+            let start = ts.value(i).div_euclid(width) * width;
+            *acc.entry((start, key)).or_default() += 1;
+        }
+    }
+    Ok(acc
+        .into_iter()
+        .map(|((start, key), count)| Count {
+            key: key.to_string(),
+            bucket_start_us: start,
+            count,
+        })
+        .collect())
+}

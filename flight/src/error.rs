@@ -1,0 +1,79 @@
+//! The one mapping from errors to gRPC statuses, and the flight crate's own
+//! error enum.
+
+use honeycell_types::ErrorClass;
+use tonic::{Code, Status};
+
+/// Errors of the Flight service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Auth(#[from] honeycell_auth::Error),
+    #[error(transparent)]
+    Cell(#[from] honeycell_cell::Error),
+    #[error(transparent)]
+    Storage(#[from] honeycell_storage::Error),
+    #[error("invalid ticket: {reason}")]
+    BadTicket { reason: String },
+    #[error("invalid flight descriptor: {reason}")]
+    BadDescriptor { reason: String },
+    #[error("SQL error: {0}")]
+    Sql(String),
+    #[error("{what} is not supported: {hint}")]
+    Unsupported { what: &'static str, hint: &'static str },
+    #[error("flight: {0}")]
+    Flight(#[from] arrow_flight::error::FlightError),
+    #[error("the query worker stopped before answering")]
+    QueryWorkerGone,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Auth(e) => e.class(),
+            Error::Cell(e) => e.class(),
+            Error::Storage(e) => e.class(),
+            Error::BadTicket { .. } | Error::BadDescriptor { .. } | Error::Sql(_) => {
+                ErrorClass::BadRequest
+            }
+            Error::Unsupported { .. } => ErrorClass::BadRequest,
+            Error::Flight(_) => ErrorClass::BadRequest,
+            Error::QueryWorkerGone => ErrorClass::Internal,
+        }
+    }
+}
+
+/// gRPC code for an error class.
+pub fn code(class: ErrorClass) -> Code {
+    match class {
+        ErrorClass::BadRequest | ErrorClass::TooLarge => Code::InvalidArgument,
+        ErrorClass::Unauthenticated => Code::Unauthenticated,
+        ErrorClass::Forbidden => Code::PermissionDenied,
+        ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::Overloaded { .. } => Code::ResourceExhausted,
+        ErrorClass::Unavailable => Code::Unavailable,
+        ErrorClass::Internal => Code::Internal,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let class = e.class();
+        if let Error::Unsupported { .. } = e {
+            return Status::unimplemented(e.to_string());
+        }
+        if class == ErrorClass::Internal {
+            tracing::error!(error = %e, "internal error in flight service");
+        }
+        let mut status = Status::new(code(class), e.to_string());
+        if let ErrorClass::Overloaded { retry_after } = class {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = secs.to_string().parse() {
+                status.metadata_mut().insert("retry-after", v);
+            }
+        }
+        status
+    }
+}

@@ -1,0 +1,52 @@
+//! Arrow Flight for Honeycell: `DoPut` ingest, `GetFlightInfo` + `DoGet`
+//! bulk reads, `DoAction` admin calls, and Flight SQL over the caller's own
+//! `events` table (DataFusion).
+//!
+//! Every cell serves Flight twice: on the shared port (SO_REUSEPORT, any cell
+//! may answer) and on its own per-cell port, which is its Flight *location*.
+//! `GetFlightInfo` answers with the location of the cell that owns the
+//! caller's org, so the client's `DoGet` lands on the owner and the bulk read
+//! never crosses the cell bus. The org of every call comes from its verified
+//! bearer token, never from a ticket or command. Read `service.rs` for the
+//! plain Flight calls and `sql.rs` for Flight SQL.
+
+pub mod error;
+pub mod service;
+pub mod sql;
+
+pub use error::{Error, Result};
+pub use service::{FlightState, HoneycellFlight};
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use honeycell_cell::Shutdown;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest gRPC message accepted (DoPut batches) and sent.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Serves Flight on every listener of this cell until `shutdown`.
+pub async fn serve(
+    listeners: Vec<std::net::TcpListener>,
+    service: HoneycellFlight,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let mut servers = Vec::new();
+    for listener in listeners {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let svc = FlightServiceServer::new(service.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let shutdown = shutdown.clone();
+        servers.push(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.wait())
+                .await
+        });
+    }
+    for result in futures::future::join_all(servers).await {
+        result.map_err(std::io::Error::other)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The `honeycell` server: configuration, listeners and the wiring of cells
+//! to their protocol servers. `main.rs` only parses the command line and
+//! calls [`run`]; tests and benches start the real binary.
+//!
+//! Start-up order: bind every listener on the main thread (so that port 0
+//! resolves once and every cell shares the same port through SO_REUSEPORT),
+//! start the query pool, start the cells (each opens its storage and recovers
+//! the orgs it owns), write the ports file, then wait for SIGTERM/SIGINT.
+//! Shutdown: every cell stops accepting, drains its connections, answers the
+//! hops still in flight, flushes and fsyncs its WAL, and the process exits 0.
+
+pub mod config;
+mod listeners;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use honeycell_api::ApiState;
+use honeycell_auth::Verifier;
+use honeycell_cell::{CellContext, CellSpec};
+use honeycell_flight::{FlightState, HoneycellFlight};
+use honeycell_router::Router;
+use honeycell_types::OrgId;
+
+pub use config::Config;
+use listeners::CellListeners;
+
+/// Sets up `tracing` from `[log]` (RUST_LOG wins).
+pub fn init_logging(config: &config::LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_thread_names(true)
+        .with_writer(std::io::stderr);
+    let _ = if config.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs the server until `stop` resolves (the binary passes a future of
+/// SIGTERM/SIGINT).
+pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    config.validate()?;
+    let cells = config.cell_count();
+    let (jwt, dev_key) = config.jwt_effective()?;
+    if dev_key {
+        tracing::warn!(
+            "no JWT key configured: using the development secret in {}; set HONEYCELL_JWT_SECRET or [jwt] in production",
+            config.data_dir.join("jwt-dev-secret").display()
+        );
+    }
+    let verifier = Verifier::new(&jwt).context("jwt")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
+
+    let bound = listeners::bind(&config, cells)?;
+    let host = config.advertised_host()?;
+    let locations: Arc<[String]> = bound
+        .flight_cell_ports
+        .iter()
+        .map(|p| format!("grpc+tcp://{host}:{p}"))
+        .collect();
+
+    let query_pool = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.query_workers)
+        .thread_name("query-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the query pool")?;
+
+    let overrides = config
+        .router
+        .overrides
+        .iter()
+        .map(|(o, c)| Ok((OrgId::new(o.clone())?, *c)))
+        .collect::<Result<Vec<_>, honeycell_types::Error>>()
+        .context("router.overrides")?;
+    let router = Router::new(cells as u32, overrides).context("router")?;
+    let spec = CellSpec {
+        data_dir: config.data_dir.clone(),
+        storage: config.storage.clone(),
+        rate_limiting: config.rate_limiting.clone(),
+        admission: config.admission.clone(),
+        pin_cores: config.pin_cores,
+    };
+    let http_config = Arc::new(config.http_limits.clone());
+    let query_handle = query_pool.handle().clone();
+    let max_append_rows = config.http_limits.max_batch_events.max(65_536);
+
+    let serve = move |ctx: CellContext, listeners: CellListeners| -> futures::future::LocalBoxFuture<'static, ()> {
+        let verifier = verifier.clone();
+        let http_config = http_config.clone();
+        let locations = locations.clone();
+        let query_pool = query_handle.clone();
+        Box::pin(async move {
+            let cell = ctx.handle.id();
+            let api = ApiState::new(ctx.handle.clone(), verifier.clone(), http_config);
+            let flight_state = FlightState {
+                cells: ctx.handle.clone(),
+                verifier,
+                locations,
+                query_pool,
+                max_append_rows,
+            };
+            let flight = match HoneycellFlight::new(flight_state) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(%cell, error = %e, "cannot build the Flight service");
+                    return;
+                }
+            };
+            let http = honeycell_api::serve(listeners.http, api, ctx.shutdown.clone());
+            let flight = honeycell_flight::serve(
+                vec![listeners.flight_shared, listeners.flight_cell],
+                flight,
+                ctx.shutdown.clone(),
+            );
+            let (h, f) = futures::join!(http, flight);
+            if let Err(e) = h {
+                tracing::error!(%cell, error = %e, "HTTP server failed");
+            }
+            if let Err(e) = f {
+                tracing::error!(%cell, error = %e, "Flight server failed");
+            }
+        })
+    };
+
+    let running = honeycell_cell::start(spec, router, bound.per_cell, serve)?;
+    if let Some(path) = &config.ports_file {
+        let ports = serde_json::json!({
+            "http": bound.http_port,
+            "flight": bound.flight_port,
+            "flight_cells": bound.flight_cell_ports,
+            "cells": cells,
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, ports.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("ports_file: cannot write {}", path.display()))?;
+    }
+    tracing::info!(
+        cells,
+        http = bound.http_port,
+        flight = bound.flight_port,
+        flight_cells = ?bound.flight_cell_ports,
+        data_dir = %config.data_dir.display(),
+        "honeycell serving"
+    );
+
+    // Wait for the stop signal on this (main) thread.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal runtime")?;
+    waiter.block_on(stop);
+    tracing::info!("stopping: draining connections and flushing the WAL");
+    let result = running.shutdown();
+    query_pool.shutdown_timeout(std::time::Duration::from_secs(5));
+    result?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,137 @@
+//! The `honeycell` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use honeycell::Config;
+
+#[derive(Parser)]
+#[command(name = "honeycell", version, about = "Multi-tenant event and analytics server: cells, Arrow Flight, GraphQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by every command: they override the TOML file and the
+/// `HONEYCELL_*` variables.
+#[derive(Args, Clone)]
+struct ConfigFlags {
+    /// TOML configuration file.
+    #[arg(long, env = "HONEYCELL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (event logs, development JWT secret).
+    #[arg(long, env = "HONEYCELL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP/GraphQL address, shared by all cells [default: 127.0.0.1:8000].
+    #[arg(long, env = "HONEYCELL_HTTP")]
+    http: Option<String>,
+    /// Arrow Flight address, shared by all cells [default: 127.0.0.1:8815].
+    #[arg(long, env = "HONEYCELL_FLIGHT")]
+    flight: Option<String>,
+    /// Number of cells (threads pinned to cores); 0: one per core.
+    #[arg(long, env = "HONEYCELL_CELLS")]
+    cells: Option<usize>,
+    /// Write the bound ports as JSON to this file once serving.
+    #[arg(long, env = "HONEYCELL_PORTS_FILE")]
+    ports_file: Option<PathBuf>,
+    /// Host advertised in Flight locations.
+    #[arg(long, env = "HONEYCELL_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+}
+
+impl ConfigFlags {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &self.http {
+            c.http = v.clone();
+        }
+        if let Some(v) = &self.flight {
+            c.flight = v.clone();
+        }
+        if let Some(v) = self.cells {
+            c.cells = v;
+        }
+        if let Some(v) = &self.ports_file {
+            c.ports_file = Some(v.clone());
+        }
+        if let Some(v) = &self.advertise_host {
+            c.advertise_host = Some(v.clone());
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ConfigFlags),
+    /// Print a JWT signed with the configured key (for local use).
+    Token {
+        #[command(flatten)]
+        flags: ConfigFlags,
+        /// The org (tenant) the token is for.
+        #[arg(long)]
+        org: String,
+        /// admin, operator or viewer.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Lifetime, e.g. 15m, 1h.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// Subject (user or service id).
+        #[arg(long, default_value = "cli")]
+        subject: String,
+    },
+    /// Validate the configuration and exit (0 when valid).
+    CheckConfig(ConfigFlags),
+}
+
+fn token(flags: &ConfigFlags, org: &str, role: &str, ttl: &str, subject: &str) -> anyhow::Result<String> {
+    let config = flags.load()?;
+    let (jwt, _) = config.jwt_effective()?;
+    let signer = honeycell_auth::Signer::new(&jwt).context("jwt")?;
+    let org = honeycell_types::OrgId::new(org).context("--org")?;
+    let role: honeycell_auth::Role = role.parse().context("--role")?;
+    let ttl = honeycell_auth::parse_ttl(ttl).context("--ttl")?;
+    Ok(signer.mint(&org, subject, role, ttl)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(flags) => flags.load().and_then(|config| {
+            honeycell::init_logging(&config.log);
+            honeycell::run(config, honeycell::stop_signal())
+        }),
+        Command::Token {
+            flags,
+            org,
+            role,
+            ttl,
+            subject,
+        } => token(flags, org, role, ttl, subject).map(|t| println!("{t}")),
+        Command::CheckConfig(flags) => flags.load().and_then(|c| {
+            c.validate()?;
+            println!(
+                "configuration is valid: {} cells, http {}, flight {}, data_dir {}",
+                c.cell_count(),
+                c.http,
+                c.flight,
+                c.data_dir.display()
+            );
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,137 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledge after the WAL is fsynced (group commit shares one fsync
+    /// per file among all appends queued at that moment).
+    Fsync,
+    /// Acknowledge after the write reaches the page cache; fsync every
+    /// interval. A power loss can lose up to one interval of acked events.
+    Interval(Duration),
+}
+
+/// The `durability` key of [`StorageConfig`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityConfig {
+    #[default]
+    Fsync,
+    Interval,
+}
+
+/// The `[storage]` section of the server's configuration. The data
+/// directory is not part of it: it is passed to [`crate::Store::open`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// `"fsync"` (default) or `"interval"`.
+    pub durability: DurabilityConfig,
+    /// Fsync period when `durability = "interval"`.
+    pub fsync_interval_ms: u64,
+    /// A memtable with this many rows is sealed into a segment, and a sealed
+    /// segment holds at most this many rows.
+    pub segment_max_rows: usize,
+    /// A memtable holding this many bytes (in memory) is sealed.
+    pub segment_max_bytes: u64,
+    /// Adjacent segments each below this many rows are merged.
+    pub compact_below_rows: usize,
+    /// Whole segments whose newest `occurred_at` is older than this are
+    /// deleted. Either a humantime string (`"30d"`, `"12h 30m"`) or a number
+    /// of seconds (integer or digit string). Absent: keep forever.
+    #[serde(deserialize_with = "deserialize_retention")]
+    pub retention: Option<Duration>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            durability: DurabilityConfig::Fsync,
+            fsync_interval_ms: 10,
+            segment_max_rows: 131_072,
+            segment_max_bytes: 64 * 1024 * 1024,
+            compact_below_rows: 16_384,
+            retention: None,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn durability(&self) -> Durability {
+        match self.durability {
+            DurabilityConfig::Fsync => Durability::Fsync,
+            DurabilityConfig::Interval => {
+                Durability::Interval(Duration::from_millis(self.fsync_interval_ms))
+            }
+        }
+    }
+
+    /// Reject values that would make the store misbehave; the error names
+    /// the key to fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_max_rows == 0 {
+            return Err(Error::Config {
+                key: "segment_max_rows",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.segment_max_bytes == 0 {
+            return Err(Error::Config {
+                key: "segment_max_bytes",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.durability == DurabilityConfig::Interval && self.fsync_interval_ms == 0 {
+            return Err(Error::Config {
+                key: "fsync_interval_ms",
+                reason: "must be at least 1 with durability = \"interval\"; use durability = \"fsync\" to fsync every commit".into(),
+            });
+        }
+        if self.retention == Some(Duration::ZERO) {
+            return Err(Error::Config {
+                key: "retention",
+                reason: "must be longer than zero; leave it out to keep events forever".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parse a retention period: digits alone are seconds, anything else is a
+/// humantime duration such as `"30d"` or `"1h 30m"`.
+pub fn parse_retention(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| Error::Config {
+                key: "retention",
+                reason: e.to_string(),
+            });
+    }
+    humantime::parse_duration(text).map_err(|e| Error::Config {
+        key: "retention",
+        reason: format!("{e}; write e.g. \"30d\", \"12h\" or a number of seconds"),
+    })
+}
+
+fn deserialize_retention<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Seconds(u64),
+        Text(String),
+    }
+    match Option::<Repr>::deserialize(de)? {
+        None => Ok(None),
+        Some(Repr::Seconds(s)) => Ok(Some(Duration::from_secs(s))),
+        Some(Repr::Text(t)) => parse_retention(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}

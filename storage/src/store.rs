@@ -1,0 +1,665 @@
+//! The cell-side half: [`Store`] and the per-org [`OrgLog`] handles.
+//!
+//! Visibility rule: an append gets its offsets when it is first polled, is
+//! queued to the I/O thread, and becomes visible only once the I/O thread
+//! reports everything up to its end durable. The I/O thread writes each
+//! org's appends in offset order and an org that fails one write refuses all
+//! later ones, so "durable up to N" is a single number (`durable_end`) and
+//! publishing is a pop from the front of the in-flight queue: a later append
+//! can never become visible before an earlier one, and an append whose future
+//! was dropped still becomes visible.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use arrow_array::RecordBatch;
+use honeycell_types::OrgId;
+use tokio::sync::{OnceCell, oneshot};
+
+use crate::config::StorageConfig;
+use crate::error::{Error, Result};
+use crate::event::check_stored_schema;
+use crate::io::{DropOutcome, IoCounters, IoThread, OrgShared, Request};
+use crate::segment::Segment;
+use crate::{Chunk, wal};
+
+/// What an append wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendAck {
+    pub first_offset: u64,
+    pub rows: usize,
+    /// Bytes added to the WAL.
+    pub bytes: u64,
+}
+
+/// What one [`OrgLog::maintain`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub sealed_segments: usize,
+    pub sealed_rows: u64,
+    /// Segments merged away, and the segments they were merged into.
+    pub compacted_inputs: usize,
+    pub compacted_outputs: usize,
+    pub dropped_segments: usize,
+    pub dropped_rows: u64,
+    pub dropped_bytes: u64,
+    /// Another maintenance of this org was still running; nothing was done.
+    pub busy: bool,
+}
+
+/// State shared by the store and its org handles. Org handles hold this,
+/// not the store, so that the store's org cache forms no `Rc` cycle.
+struct Shared {
+    tx: Sender<Request>,
+    config: StorageConfig,
+    counters: Arc<IoCounters>,
+    /// Bytes in all orgs' memtables (published, not yet sealed).
+    memtable_bytes: Cell<u64>,
+}
+
+impl Shared {
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// One cell's storage: the I/O thread and the cache of opened orgs.
+pub struct Store {
+    shared: Rc<Shared>,
+    data_dir: PathBuf,
+    orgs: RefCell<HashMap<OrgId, Rc<OnceCell<OrgLog>>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Create `{data_dir}/orgs` if needed and start the I/O thread under the
+    /// given name (e.g. `cell-0-io`). Orgs are opened lazily by [`Store::org`].
+    pub fn open(data_dir: &Path, config: StorageConfig, io_thread_name: String) -> Result<Store> {
+        config.validate()?;
+        let orgs_dir = data_dir.join("orgs");
+        std::fs::create_dir_all(&orgs_dir).map_err(|e| Error::io(&orgs_dir, e))?;
+        let counters = Arc::new(IoCounters::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let io = IoThread::new(data_dir.to_owned(), config.durability(), counters.clone());
+        let thread = std::thread::Builder::new()
+            .name(io_thread_name.clone())
+            .spawn(move || io.run(rx))
+            .map_err(|source| Error::Spawn {
+                thread: io_thread_name,
+                source,
+            })?;
+        Ok(Store {
+            shared: Rc::new(Shared {
+                tx,
+                config,
+                counters,
+                memtable_bytes: Cell::new(0),
+            }),
+            data_dir: data_dir.to_owned(),
+            orgs: RefCell::new(HashMap::new()),
+            thread: Some(thread),
+        })
+    }
+
+    /// The org's log, opened and recovered (on the I/O thread) on first use.
+    /// Concurrent callers for the same org wait for the same recovery.
+    pub async fn org(&self, org: &OrgId) -> Result<OrgLog> {
+        let cell = self
+            .orgs
+            .borrow_mut()
+            .entry(org.clone())
+            .or_default()
+            .clone();
+        let log = cell
+            .get_or_try_init(|| async {
+                let recovered = self
+                    .shared
+                    .request(|reply| Request::Open {
+                        org: org.clone(),
+                        reply,
+                    })
+                    .await??;
+                Ok::<_, Error>(OrgLog::new(org.clone(), self.shared.clone(), recovered))
+            })
+            .await?;
+        Ok(log.clone())
+    }
+
+    /// Orgs with a directory under `{data_dir}/orgs` (a directory listing on
+    /// the caller's thread: meant for startup).
+    pub fn orgs_on_disk(&self) -> Result<Vec<OrgId>> {
+        let dir = self.data_dir.join("orgs");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            if !entry
+                .file_type()
+                .map_err(|e| Error::io(entry.path(), e))?
+                .is_dir()
+            {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match OrgId::new(name) {
+                Ok(org) => out.push(org),
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "ignoring directory that is not an org id")
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Bytes held in memtables and not yet sealed, plus bytes queued to the
+    /// I/O thread: what admission control should bound.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.shared.memtable_bytes.get() + self.shared.counters.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// Appends sent to the I/O thread and not yet answered.
+    pub fn queued_writes(&self) -> usize {
+        self.shared.counters.queued_writes.load(Ordering::Acquire)
+    }
+
+    /// WAL fsyncs done so far (a metric; with group commit it grows slower
+    /// than the number of appends under load).
+    pub fn wal_fsyncs(&self) -> u64 {
+        self.shared.counters.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Write and fsync everything queued, stop the I/O thread and join it.
+    /// Org handles still alive afterwards fail with [`Error::Closed`].
+    pub async fn shutdown(mut self) -> Result<()> {
+        let result = self
+            .shared
+            .request(|reply| Request::Shutdown { reply })
+            .await;
+        if let Some(thread) = self.thread.take() {
+            // The thread has answered and is returning: a short join.
+            if thread.join().is_err() {
+                tracing::error!("storage I/O thread panicked");
+            }
+        }
+        result?
+    }
+}
+
+/// A cheap handle on one org's log (cloning it clones an `Rc`).
+#[derive(Clone)]
+pub struct OrgLog {
+    inner: Rc<OrgInner>,
+}
+
+impl std::fmt::Debug for OrgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrgLog")
+            .field("org", &self.inner.org)
+            .finish_non_exhaustive()
+    }
+}
+
+struct OrgInner {
+    org: OrgId,
+    store: Rc<Shared>,
+    io: Arc<OrgShared>,
+    state: RefCell<OrgState>,
+}
+
+pub(crate) struct OrgState {
+    pub(crate) segments: Vec<Segment>,
+    /// Published, unsealed chunks, contiguous after the last segment.
+    memtable: Vec<Chunk>,
+    memtable_rows: u64,
+    memtable_bytes: u64,
+    /// Queued appends in offset order, not yet durable.
+    inflight: VecDeque<Chunk>,
+    /// Next offset to hand out.
+    next_offset: u64,
+    /// End of what snapshots see.
+    visible_end: u64,
+    failed: Option<String>,
+    maintaining: bool,
+    snapshot: Option<OrgSnapshot>,
+}
+
+impl OrgState {
+    fn first_offset(&self) -> u64 {
+        self.segments
+            .first()
+            .map(|s| s.first)
+            .or_else(|| self.memtable.first().map(|c| c.first_offset))
+            .unwrap_or(self.visible_end)
+    }
+}
+
+impl OrgLog {
+    fn new(org: OrgId, store: Rc<Shared>, recovered: crate::io::Recovered) -> Self {
+        let memtable_rows = recovered
+            .memtable
+            .iter()
+            .map(|c| c.batch.num_rows() as u64)
+            .sum();
+        let memtable_bytes: u64 = recovered
+            .memtable
+            .iter()
+            .map(|c| c.batch.get_array_memory_size() as u64)
+            .sum();
+        store
+            .memtable_bytes
+            .set(store.memtable_bytes.get() + memtable_bytes);
+        let state = OrgState {
+            segments: recovered.segments,
+            memtable: recovered.memtable,
+            memtable_rows,
+            memtable_bytes,
+            inflight: VecDeque::new(),
+            next_offset: recovered.end_offset,
+            visible_end: recovered.end_offset,
+            failed: None,
+            maintaining: false,
+            snapshot: None,
+        };
+        OrgLog {
+            inner: Rc::new(OrgInner {
+                org,
+                store,
+                io: recovered.shared,
+                state: RefCell::new(state),
+            }),
+        }
+    }
+
+    pub fn org(&self) -> &OrgId {
+        &self.inner.org
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner_state_for_tests(&self) -> std::cell::Ref<'_, OrgState> {
+        self.inner.state.borrow()
+    }
+
+    /// Append a full-schema batch (from [`crate::build_batch`] or
+    /// [`crate::normalize_batch`]). Resolves once durable under the
+    /// configured durability; from then on snapshots include it. Offsets are
+    /// taken when the future is first polled.
+    pub async fn append(&self, batch: RecordBatch) -> Result<AppendAck> {
+        check_stored_schema(&batch)?;
+        let rows = batch.num_rows();
+        let (first_offset, bytes, answer) = {
+            let mut st = self.inner.state.borrow_mut();
+            if let Some(reason) = &st.failed {
+                return Err(Error::OrgFailed {
+                    org: self.inner.org.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            let first_offset = st.next_offset;
+            if rows == 0 {
+                return Ok(AppendAck {
+                    first_offset,
+                    rows,
+                    bytes: 0,
+                });
+            }
+            let frame = wal::encode_frame(first_offset, &batch)?;
+            let bytes = frame.len() as u64;
+            let (reply, answer) = oneshot::channel();
+            let counters = &self.inner.store.counters;
+            counters.queued_writes.fetch_add(1, Ordering::AcqRel);
+            counters.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+            let sent = self.inner.store.tx.send(Request::Append {
+                org: self.inner.org.clone(),
+                first_offset,
+                end_offset: first_offset + rows as u64,
+                frame,
+                reply,
+            });
+            if sent.is_err() {
+                counters.queued_writes.fetch_sub(1, Ordering::AcqRel);
+                counters.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                return Err(Error::Closed);
+            }
+            st.next_offset += rows as u64;
+            st.inflight.push_back(Chunk {
+                first_offset,
+                batch,
+            });
+            (first_offset, bytes, answer)
+        };
+        let result = answer.await.unwrap_or(Err(Error::Closed));
+        match result {
+            Ok(()) => {
+                self.publish_durable();
+                Ok(AppendAck {
+                    first_offset,
+                    rows,
+                    bytes,
+                })
+            }
+            Err(e) => {
+                let mut st = self.inner.state.borrow_mut();
+                // Everything from this offset on is refused by the I/O thread
+                // too, so none of it may become visible.
+                st.inflight.retain(|c| c.first_offset < first_offset);
+                st.failed.get_or_insert_with(|| e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Move appends the I/O thread reports durable from in-flight to the
+    /// memtable, in offset order.
+    fn publish_durable(&self) {
+        let durable = self.inner.io.durable_end.load(Ordering::Acquire);
+        let mut st = self.inner.state.borrow_mut();
+        let mut added = 0;
+        while st
+            .inflight
+            .front()
+            .is_some_and(|c| c.end_offset() <= durable)
+        {
+            let Some(chunk) = st.inflight.pop_front() else {
+                break;
+            };
+            added += chunk.batch.get_array_memory_size() as u64;
+            st.memtable_rows += chunk.batch.num_rows() as u64;
+            st.visible_end = chunk.end_offset();
+            st.memtable.push(chunk);
+            st.snapshot = None;
+        }
+        st.memtable_bytes += added;
+        let total = &self.inner.store.memtable_bytes;
+        total.set(total.get() + added);
+    }
+
+    /// A consistent view of everything visible now.
+    pub fn snapshot(&self) -> OrgSnapshot {
+        self.publish_durable();
+        let mut st = self.inner.state.borrow_mut();
+        if let Some(snapshot) = &st.snapshot {
+            return snapshot.clone();
+        }
+        let chunks: Arc<[Chunk]> = st
+            .segments
+            .iter()
+            .flat_map(|s| s.chunks.iter().cloned())
+            .chain(st.memtable.iter().cloned())
+            .collect();
+        let snapshot = OrgSnapshot {
+            chunks,
+            first_offset: st.first_offset(),
+            end_offset: st.visible_end,
+        };
+        st.snapshot = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// Segment file bytes plus WAL bytes: what a storage quota counts.
+    pub fn stored_bytes(&self) -> u64 {
+        let st = self.inner.state.borrow();
+        st.segments.iter().map(|s| s.file_bytes).sum::<u64>()
+            + self.inner.io.wal_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn event_count(&self) -> u64 {
+        self.end_offset() - self.first_offset()
+    }
+
+    pub fn first_offset(&self) -> u64 {
+        self.publish_durable();
+        self.inner.state.borrow().first_offset()
+    }
+
+    /// One past the last visible offset.
+    pub fn end_offset(&self) -> u64 {
+        self.publish_durable();
+        self.inner.state.borrow().visible_end
+    }
+
+    /// Whether [`OrgLog::maintain`] has work: a memtable over a threshold,
+    /// segments to merge, or segments past retention.
+    pub fn needs_maintenance(&self, now_us: i64) -> bool {
+        self.publish_durable();
+        let st = self.inner.state.borrow();
+        let config = &self.inner.store.config;
+        if st.maintaining {
+            return false;
+        }
+        self.seal_due(&st, false)
+            || compaction_run(&st.segments, config).is_some()
+            || expired_prefix(&st.segments, config, now_us) > 0
+    }
+
+    fn seal_due(&self, st: &OrgState, force: bool) -> bool {
+        let config = &self.inner.store.config;
+        st.memtable_rows > 0
+            && (force
+                || st.memtable_rows >= config.segment_max_rows as u64
+                || st.memtable_bytes >= config.segment_max_bytes)
+    }
+
+    /// Seal the memtable into segments when over a threshold (or when
+    /// `force_seal`), merge runs of small segments, and drop segments past
+    /// retention. The work runs on the I/O thread; appends and snapshots go
+    /// on meanwhile. A second call while one runs returns at once with
+    /// `busy` set.
+    pub async fn maintain(&self, now_us: i64, force_seal: bool) -> Result<MaintenanceReport> {
+        self.publish_durable();
+        let mut report = MaintenanceReport::default();
+        let _guard = match MaintainGuard::take(&self.inner) {
+            Some(guard) => guard,
+            None => {
+                report.busy = true;
+                return Ok(report);
+            }
+        };
+        let store = &self.inner.store;
+        let config = &store.config;
+
+        let to_seal = {
+            let st = self.inner.state.borrow();
+            self.seal_due(&st, force_seal).then(|| st.memtable.clone())
+        };
+        if let Some(chunks) = to_seal {
+            let seal_end = chunks.last().map_or(0, Chunk::end_offset);
+            let segments = store
+                .request(|reply| Request::Seal {
+                    org: self.inner.org.clone(),
+                    chunks,
+                    max_rows: config.segment_max_rows,
+                    reply,
+                })
+                .await??;
+            let mut st = self.inner.state.borrow_mut();
+            let sealed = st
+                .memtable
+                .iter()
+                .take_while(|c| c.end_offset() <= seal_end)
+                .count();
+            let (rows, bytes) = st.memtable.drain(..sealed).fold((0, 0), |(r, b), c| {
+                (
+                    r + c.batch.num_rows() as u64,
+                    b + c.batch.get_array_memory_size() as u64,
+                )
+            });
+            st.memtable_rows -= rows;
+            st.memtable_bytes -= bytes;
+            store
+                .memtable_bytes
+                .set(store.memtable_bytes.get().saturating_sub(bytes));
+            report.sealed_segments = segments.len();
+            report.sealed_rows = rows;
+            st.segments.extend(segments);
+            st.snapshot = None;
+        }
+
+        loop {
+            let inputs = {
+                let st = self.inner.state.borrow();
+                match compaction_run(&st.segments, config) {
+                    Some(range) => st.segments[range].to_vec(),
+                    None => break,
+                }
+            };
+            let first = inputs.first().map_or(0, |s| s.first);
+            let count = inputs.len();
+            let merged = store
+                .request(|reply| Request::Compact {
+                    org: self.inner.org.clone(),
+                    inputs,
+                    reply,
+                })
+                .await??;
+            let mut st = self.inner.state.borrow_mut();
+            let Some(at) = st.segments.iter().position(|s| s.first == first) else {
+                break;
+            };
+            st.segments.splice(at..at + count, [merged]);
+            st.snapshot = None;
+            report.compacted_inputs += count;
+            report.compacted_outputs += 1;
+        }
+
+        let expired = {
+            let st = self.inner.state.borrow();
+            let n = expired_prefix(&st.segments, config, now_us);
+            (n > 0).then(|| {
+                (
+                    st.segments[..n]
+                        .iter()
+                        .map(|s| s.path.clone())
+                        .collect::<Vec<_>>(),
+                    st.segments[n - 1].end,
+                )
+            })
+        };
+        if let Some((paths, new_first)) = expired {
+            let DropOutcome { deleted, error } = store
+                .request(|reply| Request::DropSegments {
+                    org: self.inner.org.clone(),
+                    paths,
+                    new_first,
+                    reply,
+                })
+                .await?;
+            let mut st = self.inner.state.borrow_mut();
+            for s in st.segments.drain(..deleted) {
+                report.dropped_rows += s.rows();
+                report.dropped_bytes += s.file_bytes;
+            }
+            report.dropped_segments = deleted;
+            st.snapshot = None;
+            if let Some(e) = error {
+                return Err(e);
+            }
+        }
+        Ok(report)
+    }
+}
+
+struct MaintainGuard {
+    inner: Rc<OrgInner>,
+}
+
+impl MaintainGuard {
+    fn take(inner: &Rc<OrgInner>) -> Option<Self> {
+        let mut st = inner.state.borrow_mut();
+        if st.maintaining {
+            return None;
+        }
+        st.maintaining = true;
+        Some(MaintainGuard {
+            inner: inner.clone(),
+        })
+    }
+}
+
+impl Drop for MaintainGuard {
+    fn drop(&mut self) {
+        self.inner.state.borrow_mut().maintaining = false;
+    }
+}
+
+/// The first run of at least two adjacent segments each below
+/// `compact_below_rows` whose merge stays within `segment_max_rows`.
+fn compaction_run(segments: &[Segment], config: &StorageConfig) -> Option<std::ops::Range<usize>> {
+    let small = |s: &Segment| s.rows() < config.compact_below_rows as u64;
+    let mut i = 0;
+    while i < segments.len() {
+        if !small(&segments[i]) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        let mut rows = segments[i].rows();
+        while j < segments.len()
+            && small(&segments[j])
+            && rows + segments[j].rows() <= config.segment_max_rows as u64
+        {
+            rows += segments[j].rows();
+            j += 1;
+        }
+        if j - i >= 2 {
+            return Some(i..j);
+        }
+        i = j;
+    }
+    None
+}
+
+/// How many segments from the front are wholly older than retention. Stops
+/// at the first young one so that the log stays a contiguous range.
+fn expired_prefix(segments: &[Segment], config: &StorageConfig, now_us: i64) -> usize {
+    let Some(retention) = config.retention else {
+        return 0;
+    };
+    let cutoff = now_us.saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
+    segments
+        .iter()
+        .take_while(|s| s.max_occurred_at_us < cutoff)
+        .count()
+}
+
+/// An immutable view of an org's events: cheap to clone, `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct OrgSnapshot {
+    chunks: Arc<[Chunk]>,
+    first_offset: u64,
+    end_offset: u64,
+}
+
+impl OrgSnapshot {
+    /// Batches in offset order, contiguous from `first_offset` to `end_offset`.
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset
+    }
+
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset
+    }
+
+    pub fn num_rows(&self) -> usize {
+        (self.end_offset - self.first_offset) as usize
+    }
+}
