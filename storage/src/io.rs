@@ -63,6 +63,13 @@ pub(crate) enum Request {
     Shutdown {
         reply: Reply<Result<()>>,
     },
+    /// Blocks the I/O thread until the sender side is dropped or sends, so
+    /// that tests can queue requests deterministically.
+    #[cfg(test)]
+    Hold {
+        held: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    },
 }
 
 /// Deletion stops at the first failure so that what is left on disk is
@@ -373,6 +380,11 @@ impl IoThread {
             } => {
                 let outcome = self.drop_segments(&org, &paths, new_first);
                 let _ = reply.send(outcome);
+            }
+            #[cfg(test)]
+            Request::Hold { held, release } => {
+                let _ = held.send(());
+                let _ = release.recv();
             }
             // Handled by `run`.
             Request::Append { .. } | Request::Shutdown { .. } => {}

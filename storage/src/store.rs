@@ -184,6 +184,20 @@ impl Store {
         self.shared.counters.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// Stop the I/O thread (once it has drained what is queued now) until
+    /// the returned sender sends or is dropped.
+    #[cfg(test)]
+    pub(crate) fn hold_io_for_tests(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, hold) = std::sync::mpsc::channel();
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let _ = self.shared.tx.send(Request::Hold {
+            held: held_tx,
+            release: hold,
+        });
+        let _ = held.recv();
+        release
+    }
+
     /// Write and fsync everything queued, stop the I/O thread and join it.
     /// Org handles still alive afterwards fail with [`Error::Closed`].
     pub async fn shutdown(mut self) -> Result<()> {
