@@ -52,6 +52,7 @@ impl From<honeycell_cell::Error> for ApiError {
                 "overloaded"
             }
             honeycell_cell::Error::BadCursor { .. } => "invalid_cursor",
+            honeycell_cell::Error::Forbidden { .. } => "forbidden",
             honeycell_cell::Error::BadFilter { .. } => "invalid_filter",
             honeycell_cell::Error::Storage(honeycell_storage::Error::Schema { .. }) => {
                 "invalid_event"
@@ -73,14 +74,16 @@ impl From<honeycell_storage::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.class.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.class.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut body = json!({ "code": self.code, "message": self.message });
         if let Some(i) = self.index {
             body["index"] = json!(i);
         }
         let retry_after = match self.class {
-            ErrorClass::Overloaded { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ErrorClass::Overloaded { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
             ErrorClass::Unavailable => Some(1),
             _ => None,
         };

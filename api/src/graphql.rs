@@ -1,6 +1,8 @@
 //! GraphQL: `events` as a connection, `eventCounts`, and the `ingestEvents`
 //! mutation, over the same cell operations as the REST routes.
 
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{
     Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, Object, Schema,
@@ -10,8 +12,6 @@ use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::TimestampMicrosecondType;
 use honeycell_auth::TenantContext;
 use honeycell_cell::query::{self, Bucket, Cursor, GroupBy, col};
 use honeycell_storage::build_batch;
@@ -37,7 +37,9 @@ pub fn schema() -> HoneycellSchema {
 impl From<ApiError> for async_graphql::Error {
     fn from(e: ApiError) -> Self {
         let retry = match e.class {
-            ErrorClass::Overloaded { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ErrorClass::Overloaded { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
             _ => None,
         };
         async_graphql::Error::new(e.message).extend_with(|_, ext| {
@@ -168,7 +170,11 @@ impl QueryRoot {
         let (tenant, state) = caller(ctx)?;
         let filter = filter.unwrap_or_default().to_filter()?;
         let first = match first {
-            Some(n) if n < 1 => return Err(ApiError::bad_request("invalid_limit", "first must be at least 1").into()),
+            Some(n) if n < 1 => {
+                return Err(
+                    ApiError::bad_request("invalid_limit", "first must be at least 1").into(),
+                );
+            }
             Some(n) => Some(n as usize),
             None => None,
         };
@@ -184,14 +190,17 @@ impl QueryRoot {
         let mut offsets = page.offsets.iter();
         for batch in &page.batches {
             let s = |c: usize| batch.column(c).as_string::<i32>();
-            let ts = batch.column(col::OCCURRED_AT).as_primitive::<TimestampMicrosecondType>();
+            let ts = batch
+                .column(col::OCCURRED_AT)
+                .as_primitive::<TimestampMicrosecondType>();
             let opt = |c: usize, i: usize| {
                 let a = s(c);
                 (!a.is_null(i)).then(|| a.value(i).to_owned())
             };
             let json = |c: usize, i: usize| {
                 let a = s(c);
-                (!a.is_null(i)).then(|| Json(serde_json::from_str(a.value(i)).unwrap_or(Value::Null)))
+                (!a.is_null(i))
+                    .then(|| Json(serde_json::from_str(a.value(i)).unwrap_or(Value::Null)))
             };
             for i in 0..batch.num_rows() {
                 let offset = offsets.next().copied().unwrap_or_default();
@@ -287,14 +296,21 @@ impl MutationRoot {
     ) -> async_graphql::Result<IngestResult> {
         let (tenant, state) = caller(ctx)?;
         if events.is_empty() {
-            return Err(ApiError::bad_request("empty_batch", "events holds no events; send at least one").into());
+            return Err(ApiError::bad_request(
+                "empty_batch",
+                "events holds no events; send at least one",
+            )
+            .into());
         }
         let max = state.config.max_batch_events;
         if events.len() > max {
             return Err(ApiError::new(
                 ErrorClass::TooLarge,
                 "batch_too_large",
-                format!("events holds {} events, over http.max_batch_events {max}; split it", events.len()),
+                format!(
+                    "events holds {} events, over http_limits.max_batch_events {max}; split it",
+                    events.len()
+                ),
             )
             .into());
         }
@@ -321,7 +337,11 @@ impl MutationRoot {
             .flatten()
             .map(str::to_owned)
             .collect();
-        let ack = state.cells.ingest(tenant, batch).await.map_err(ApiError::from)?;
+        let ack = state
+            .cells
+            .ingest(tenant, batch)
+            .await
+            .map_err(ApiError::from)?;
         Ok(IngestResult {
             accepted: ack.rows,
             event_ids: ids,
@@ -350,7 +370,8 @@ pub async fn graphql_handler(
     let mut out = GraphQLResponse::from(resp).into_response();
     if let Some(secs) = retry {
         *out.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        out.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        out.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     out
 }

@@ -32,7 +32,7 @@ impl FromRequestParts<ApiState> for Tenant {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| {
                 ApiError::from(honeycell_auth::Error::Malformed {
-                    reason: "the Authorization header is not visible ASCII".into(),
+                    reason: "the Authorization header is not visible ASCII",
                 })
             })?),
         };
@@ -59,7 +59,10 @@ pub async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = route_label(
         request.method(),
-        request.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
     );
     let response = next.run(request).await;
     metrics::record_request(route, response.status().as_u16(), started.elapsed());
@@ -79,7 +82,7 @@ pub async fn post_events(
         ApiError::new(
             honeycell_types::ErrorClass::TooLarge,
             "body_too_large",
-            format!("the body is larger than {limit} bytes (http.max_body_bytes); send smaller batches"),
+            format!("the body is larger than {limit} bytes (http_limits.max_body_bytes); send smaller batches"),
         )
     })?;
     let content_type = headers
@@ -95,9 +98,11 @@ pub async fn post_events(
         parse_json_array(&bytes, max)?
     } else {
         return Err(ApiError::new(
-            honeycell_types::ErrorClass::BadRequest,
+            honeycell_types::ErrorClass::UnsupportedMediaType,
             "unsupported_media_type",
-            format!("Content-Type {content_type:?} is not accepted; use application/json (an array) or application/x-ndjson"),
+            format!(
+                "Content-Type {content_type:?} is not accepted; use application/json (an array) or application/x-ndjson"
+            ),
         ));
     };
     let batch = build_batch(&ctx.org, &events, now_us())?;
@@ -135,7 +140,13 @@ pub fn build_filter(
     since: Option<&str>,
     until: Option<&str>,
 ) -> Result<EventFilter, ApiError> {
-    Ok(EventFilter::from_params(entity_type, event_type, entity_id, since, until)?)
+    Ok(EventFilter::from_params(
+        entity_type,
+        event_type,
+        entity_id,
+        since,
+        until,
+    )?)
 }
 
 /// The page size asked for, checked against the configured bounds.
@@ -143,10 +154,15 @@ pub fn page_size(state: &ApiState, asked: Option<usize>) -> Result<usize, ApiErr
     let max = state.config.max_page_size;
     match asked {
         None => Ok(state.config.default_page_size.min(max)),
-        Some(0) => Err(ApiError::bad_request("invalid_limit", "limit must be at least 1")),
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be at least 1",
+        )),
         Some(n) if n > max => Err(ApiError::bad_request(
             "invalid_limit",
-            format!("limit {n} is over the maximum page size {max} (http.max_page_size); page with the cursor"),
+            format!(
+                "limit {n} is over the maximum page size {max} (http_limits.max_page_size); page with the cursor"
+            ),
         )),
         Some(n) => Ok(n),
     }
@@ -183,14 +199,18 @@ pub async fn get_events(
     if wants_arrow {
         let mut buf = Vec::new();
         {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &honeycell_storage::event_schema())
-                .map_err(honeycell_cell::Error::from)?;
+            let mut w = arrow::ipc::writer::StreamWriter::try_new(
+                &mut buf,
+                &honeycell_storage::event_schema(),
+            )
+            .map_err(honeycell_cell::Error::from)?;
             for b in &page.batches {
                 w.write(b).map_err(honeycell_cell::Error::from)?;
             }
             w.finish().map_err(honeycell_cell::Error::from)?;
         }
-        let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, ARROW_STREAM)], buf).into_response();
+        let mut resp =
+            (StatusCode::OK, [(header::CONTENT_TYPE, ARROW_STREAM)], buf).into_response();
         if let Some(c) = next
             && let Ok(v) = c.parse()
         {
@@ -214,7 +234,12 @@ pub async fn get_events(
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], out).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response())
 }
 
 /// `GET /health`: the process is up.
@@ -225,8 +250,14 @@ pub async fn health() -> impl IntoResponse {
 /// `GET /ready`: every cell answers over the bus (so its runtime, inbox and
 /// storage are running).
 pub async fn ready(State(state): State<ApiState>) -> Response {
-    match state.cells.ping_all(std::time::Duration::from_secs(2)).await {
-        Ok(()) => axum::Json(json!({ "status": "ready", "cells": state.cells.cells() })).into_response(),
+    match state
+        .cells
+        .ping_all(std::time::Duration::from_secs(2))
+        .await
+    {
+        Ok(()) => {
+            axum::Json(json!({ "status": "ready", "cells": state.cells.cells() })).into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({ "status": "not_ready", "reason": e.to_string() })),

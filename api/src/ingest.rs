@@ -3,32 +3,109 @@
 //! first bad event is reported with its index and nothing is stored.
 
 use honeycell_storage::{EventType, NewEvent};
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// One event as clients send it. Unknown fields are refused so that a typo
-/// (`entity_typ`) is an error rather than silently lost data.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One event as clients send it.
+#[derive(Debug, Default)]
 pub struct EventIn {
-    #[serde(default)]
     pub event_id: Option<String>,
     pub event_type: String,
     pub entity_type: String,
     pub entity_id: String,
     /// RFC 3339 text or integer microseconds since the epoch.
-    #[serde(default)]
     pub occurred_at: Option<Value>,
-    #[serde(default)]
     pub data: Option<Value>,
-    #[serde(default)]
     pub changes: Option<Value>,
-    #[serde(default)]
     pub user_id: Option<String>,
-    #[serde(default)]
     pub trace_id: Option<String>,
+}
+
+/// The JSON type of a value, in words.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+const FIELDS: &str =
+    "event_id, event_type, entity_type, entity_id, occurred_at, data, changes, user_id, trace_id";
+
+impl EventIn {
+    /// Reads one event from a JSON value, naming the field and the expected
+    /// type in every error. Unknown fields are refused so that a typo
+    /// (`entity_typ`) is an error rather than silently lost data.
+    pub fn from_value(index: usize, value: Value) -> Result<Self, ApiError> {
+        let Value::Object(map) = value else {
+            return Err(bad(
+                index,
+                format!("an event must be a JSON object, got {}", kind(&value)),
+            ));
+        };
+        let mut ev = EventIn::default();
+        let (mut has_type, mut has_entity_type, mut has_entity_id) = (false, false, false);
+        for (key, v) in map {
+            let text = |v: Value, required: bool| -> Result<Option<String>, ApiError> {
+                match v {
+                    Value::String(s) => Ok(Some(s)),
+                    Value::Null if !required => Ok(None),
+                    other => Err(bad(
+                        index,
+                        format!("{key} must be a string, got {}", kind(&other)),
+                    )),
+                }
+            };
+            match key.as_str() {
+                "event_id" => ev.event_id = text(v, false)?,
+                "event_type" => {
+                    ev.event_type = text(v, true)?.unwrap_or_default();
+                    has_type = true;
+                }
+                "entity_type" => {
+                    ev.entity_type = text(v, true)?.unwrap_or_default();
+                    has_entity_type = true;
+                }
+                "entity_id" => {
+                    ev.entity_id = text(v, true)?.unwrap_or_default();
+                    has_entity_id = true;
+                }
+                "user_id" => ev.user_id = text(v, false)?,
+                "trace_id" => ev.trace_id = text(v, false)?,
+                "occurred_at" => ev.occurred_at = Some(v),
+                "data" => ev.data = Some(v),
+                "changes" => ev.changes = Some(v),
+                "org_id" => {
+                    return Err(bad(
+                        index,
+                        "org_id is not accepted in the body: the org comes from your credential"
+                            .into(),
+                    ));
+                }
+                other => {
+                    return Err(bad(
+                        index,
+                        format!("unknown field {other:?}; the fields are {FIELDS}"),
+                    ));
+                }
+            }
+        }
+        for (present, field) in [
+            (has_type, "event_type"),
+            (has_entity_type, "entity_type"),
+            (has_entity_id, "entity_id"),
+        ] {
+            if !present {
+                return Err(bad(index, format!("missing required field {field}")));
+            }
+        }
+        Ok(ev)
+    }
 }
 
 const MAX_ID_LEN: usize = 256;
@@ -90,7 +167,12 @@ impl EventIn {
         check_id(index, "entity_id", &self.entity_id)?;
         let event_id = match self.event_id {
             Some(s) => Some(uuid::Uuid::parse_str(&s).map_err(|e| {
-                bad(index, format!("event_id {s:?} is not a UUID ({e}); omit it to have a UUIDv7 assigned"))
+                bad(
+                    index,
+                    format!(
+                        "event_id {s:?} is not a UUID ({e}); omit it to have a UUIDv7 assigned"
+                    ),
+                )
             })?),
             None => None,
         };
@@ -124,35 +206,25 @@ impl EventIn {
     }
 }
 
-/// Explains a serde error on one event in words a client can act on.
-fn explain(index: usize, e: &serde_json::Error) -> ApiError {
-    let msg = e.to_string();
-    if msg.contains("unknown field `org_id`") {
-        return bad(
-            index,
-            "org_id is not accepted in the body: the org comes from your credential".into(),
-        );
-    }
-    bad(index, msg)
-}
-
 /// Parses a JSON array of events.
 pub fn parse_json_array(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, ApiError> {
-    let values: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("body is not a JSON array of events: {e}"),
-        )
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
     })?;
+    let Value::Array(values) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!(
+                "body must be a JSON array of events (or NDJSON with Content-Type application/x-ndjson), got {}",
+                kind(&value)
+            ),
+        ));
+    };
     check_count(values.len(), max_events)?;
     values
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, raw)| {
-            serde_json::from_str::<EventIn>(raw.get())
-                .map_err(|e| explain(i, &e))?
-                .into_new_event(i)
-        })
+        .map(|(i, v)| EventIn::from_value(i, v)?.into_new_event(i))
         .collect()
 }
 
@@ -165,8 +237,14 @@ pub fn parse_ndjson(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, Api
         .enumerate()
     {
         check_count(i + 1, max_events)?;
-        let ev: EventIn = serde_json::from_slice(line).map_err(|e| explain(i, &e))?;
-        out.push(ev.into_new_event(i)?);
+        let v: Value = serde_json::from_slice(line).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("line {} (event {i}) is not valid JSON: {e}", i + 1),
+            )
+            .at(i)
+        })?;
+        out.push(EventIn::from_value(i, v)?.into_new_event(i)?);
     }
     check_count(out.len(), max_events)?;
     Ok(out)
@@ -183,7 +261,9 @@ fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
         return Err(ApiError::new(
             honeycell_types::ErrorClass::TooLarge,
             "batch_too_large",
-            format!("the batch holds more than {max} events (http.max_batch_events); split it"),
+            format!(
+                "the batch holds more than {max} events (http_limits.max_batch_events); split it"
+            ),
         ));
     }
     Ok(())

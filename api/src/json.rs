@@ -57,7 +57,12 @@ pub fn write_events(out: &mut Vec<u8>, batch: &RecordBatch, mut first: bool) {
     let s = |c: usize| batch.column(c).as_string::<i32>();
     let (event_id, org_id, event_type) = (s(col::EVENT_ID), s(col::ORG_ID), s(col::EVENT_TYPE));
     let (entity_type, entity_id) = (s(col::ENTITY_TYPE), s(col::ENTITY_ID));
-    let (data, changes, user_id, trace_id) = (s(col::DATA), s(col::CHANGES), s(col::USER_ID), s(col::TRACE_ID));
+    let (data, changes, user_id, trace_id) = (
+        s(col::DATA),
+        s(col::CHANGES),
+        s(col::USER_ID),
+        s(col::TRACE_ID),
+    );
     let occurred = batch
         .column(col::OCCURRED_AT)
         .as_primitive::<TimestampMicrosecondType>();
@@ -87,7 +92,10 @@ pub fn write_events(out: &mut Vec<u8>, batch: &RecordBatch, mut first: bool) {
                 out.extend_from_slice(column.value(i).as_bytes());
             }
         }
-        for (name, column) in [(&b",\"user_id\":"[..], user_id), (b",\"trace_id\":", trace_id)] {
+        for (name, column) in [
+            (&b",\"user_id\":"[..], user_id),
+            (b",\"trace_id\":", trace_id),
+        ] {
             out.extend_from_slice(name);
             if column.is_null(i) {
                 out.extend_from_slice(b"null");
@@ -106,8 +114,14 @@ mod tests {
     #[test]
     fn formats_timestamps() {
         assert_eq!(rfc3339_us(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339_us(1_795_737_600_123_456), "2026-11-27T00:00:00.123456Z");
-        assert_eq!(rfc3339_us(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_us(1_795_737_600_123_456),
+            "2026-11-27T00:00:00.123456Z"
+        );
+        assert_eq!(
+            rfc3339_us(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
         assert_eq!(rfc3339_us(-1), "1969-12-31T23:59:59.999999Z");
     }
 }

@@ -23,7 +23,7 @@ use honeycell_auth::Verifier;
 use honeycell_cell::{CellHandle, Shutdown};
 use serde::Deserialize;
 
-/// `[http]` settings.
+/// `[http_limits]` settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
@@ -52,10 +52,10 @@ impl HttpConfig {
     /// Checks the values; the error names the key to fix.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes < 1024 {
-            return Err("http.max_body_bytes must be at least 1024".into());
+            return Err("http_limits.max_body_bytes must be at least 1024".into());
         }
         if self.max_batch_events == 0 || self.max_page_size == 0 || self.default_page_size == 0 {
-            return Err("http.max_batch_events, http.max_page_size and http.default_page_size must be at least 1".into());
+            return Err("http_limits.max_batch_events, http_limits.max_page_size and http_limits.default_page_size must be at least 1".into());
         }
         Ok(())
     }
@@ -93,7 +93,10 @@ pub(crate) fn now_us() -> i64 {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/events", get(http::get_events).post(http::post_events))
-        .route("/graphql", get(graphql::graphiql).post(graphql::graphql_handler))
+        .route(
+            "/graphql",
+            get(graphql::graphiql).post(graphql::graphql_handler),
+        )
         .route("/health", get(http::health))
         .route("/ready", get(http::ready))
         .route("/metrics", get(http::metrics_text))
@@ -106,7 +109,11 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then drains open requests.
-pub async fn serve(listener: std::net::TcpListener, state: ApiState, shutdown: Shutdown) -> std::io::Result<()> {
+pub async fn serve(
+    listener: std::net::TcpListener,
+    state: ApiState,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.wait())

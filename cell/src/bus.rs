@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use honeycell_auth::TenantContext;
+use honeycell_auth::{Action, TenantContext};
 use honeycell_router::Router;
 use honeycell_storage::OrgSnapshot;
 use honeycell_types::{CellId, OrgId};
@@ -19,6 +19,23 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{self, MetricsSnapshot};
 use crate::{Error, Result};
+
+/// Every tenant operation passes here, whatever the protocol, so the role
+/// check cannot be forgotten by one of them.
+fn authorize(ctx: &TenantContext, action: Action) -> Result<()> {
+    if ctx.role.permits(action) {
+        return Ok(());
+    }
+    Err(Error::Forbidden {
+        role: ctx.role.as_str(),
+        permission: match action {
+            Action::ReadEvents => "events:read",
+            Action::WriteEvents => "events:write",
+            Action::ManageRules => "rules:manage",
+            Action::Administer => "org:administer",
+        },
+    })
+}
 
 /// An acknowledged write.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +86,11 @@ impl std::fmt::Debug for CellHandle {
 }
 
 impl CellHandle {
-    pub(crate) fn new(id: CellId, router: Arc<Router>, inboxes: Arc<[mpsc::Sender<Envelope>]>) -> Self {
+    pub(crate) fn new(
+        id: CellId,
+        router: Arc<Router>,
+        inboxes: Arc<[mpsc::Sender<Envelope>]>,
+    ) -> Self {
         Self {
             id,
             router,
@@ -117,16 +138,19 @@ impl CellHandle {
     }
 
     /// Appends a normalised event batch to the caller's org, in its owning
-    /// cell; resolves once durable.
+    /// cell; resolves once durable. Needs the `events:write` permission.
     pub async fn ingest(&self, ctx: &TenantContext, batch: RecordBatch) -> Result<IngestAck> {
+        authorize(ctx, Action::WriteEvents)?;
         let owner = self.owner(&ctx.org);
         let ctx = ctx.clone();
-        self.ask(owner, |reply| Op::Ingest { ctx, batch, reply }).await?
+        self.ask(owner, |reply| Op::Ingest { ctx, batch, reply })
+            .await?
     }
 
     /// A consistent, immutable snapshot of the caller's org, after the
     /// owner's read limits and admission checks.
     pub async fn snapshot(&self, ctx: &TenantContext) -> Result<OrgSnapshot> {
+        authorize(ctx, Action::ReadEvents)?;
         let owner = self.owner(&ctx.org);
         let ctx = ctx.clone();
         self.ask(owner, |reply| Op::Read { ctx, reply }).await?

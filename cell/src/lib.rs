@@ -64,6 +64,11 @@ pub enum Error {
     },
     #[error("cells: {cells} cell payloads but the router places over {router} cells")]
     CellCount { cells: usize, router: u32 },
+    #[error("forbidden: role {role} lacks the permission {permission}")]
+    Forbidden {
+        role: &'static str,
+        permission: &'static str,
+    },
     #[error("invalid filter {field}: {reason}")]
     BadFilter { field: &'static str, reason: String },
     #[error("invalid cursor {cursor:?}: pass back the next_cursor of a previous page unchanged")]
@@ -84,6 +89,7 @@ impl Error {
                 retry_after: Duration::from_secs(1),
             },
             Error::CellGone { .. } => ErrorClass::Unavailable,
+            Error::Forbidden { .. } => ErrorClass::Forbidden,
             Error::BadCursor { .. } | Error::BadFilter { .. } => ErrorClass::BadRequest,
             Error::Arrow(_)
             | Error::CellPanicked { .. }

@@ -245,7 +245,9 @@ mod tests {
         for _ in 0..3 {
             assert!(l.check("a", "u", OpKind::Write, t0).is_ok());
         }
-        let err = l.check("a", "u", OpKind::Write, t0).expect_err("org a exhausted");
+        let err = l
+            .check("a", "u", OpKind::Write, t0)
+            .expect_err("org a exhausted");
         assert_eq!(err.scope, LimitScope::Org);
         // Reads of the same org and writes of another org are unaffected.
         assert!(l.check("a", "u", OpKind::Read, t0).is_ok());
@@ -258,7 +260,9 @@ mod tests {
         let mut l = RateLimiter::new(&config(1_000, 10, 2), 1, t0);
         assert!(l.check("a", "u1", OpKind::Read, t0).is_ok());
         assert!(l.check("a", "u1", OpKind::Read, t0).is_ok());
-        let err = l.check("a", "u1", OpKind::Read, t0).expect_err("subject exhausted");
+        let err = l
+            .check("a", "u1", OpKind::Read, t0)
+            .expect_err("subject exhausted");
         assert_eq!(err.scope, LimitScope::Subject);
         // The refused call did not use up org tokens: 8 more by other subjects pass.
         for i in 0..8 {
@@ -276,7 +280,9 @@ mod tests {
         let mut l = RateLimiter::new(&config(8, 100, 100), 4, t0);
         assert!(l.check("a", "u", OpKind::Read, t0).is_ok());
         assert!(l.check("b", "u", OpKind::Read, t0).is_ok());
-        let err = l.check("c", "u", OpKind::Read, t0).expect_err("cell share is 2/s");
+        let err = l
+            .check("c", "u", OpKind::Read, t0)
+            .expect_err("cell share is 2/s");
         assert_eq!(err.scope, LimitScope::Cell);
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 /// Counters and histograms of one cell.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CellMetrics {
     requests: BTreeMap<(&'static str, u16), u64>,
     latency: BTreeMap<&'static str, Histogram<u64>>,
@@ -24,21 +24,6 @@ pub struct CellMetrics {
     pub admission_rejected: u64,
     pub bus_hops_out: u64,
     pub bus_hops_in: u64,
-}
-
-impl Default for CellMetrics {
-    fn default() -> Self {
-        Self {
-            requests: BTreeMap::new(),
-            latency: BTreeMap::new(),
-            events_ingested: 0,
-            bytes_ingested: 0,
-            rate_limited: BTreeMap::new(),
-            admission_rejected: 0,
-            bus_hops_out: 0,
-            bus_hops_in: 0,
-        }
-    }
 }
 
 thread_local! {
@@ -55,7 +40,9 @@ pub fn with<R>(f: impl FnOnce(&mut CellMetrics) -> R) -> R {
 pub fn record_request(route: &'static str, status: u16, elapsed: Duration) {
     with(|m| {
         *m.requests.entry((route, status)).or_default() += 1;
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+        let micros = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let hist = m.latency.entry(route).or_insert_with(|| {
             Histogram::new_with_bounds(1, 60_000_000, 3)
                 .expect("1 µs .. 60 s at 3 significant digits are valid histogram bounds")
@@ -91,11 +78,7 @@ impl CellMetrics {
                 .iter()
                 .map(|((r, s), n)| (*r, *s, *n))
                 .collect(),
-            latency: self
-                .latency
-                .iter()
-                .map(|(r, h)| (*r, h.clone()))
-                .collect(),
+            latency: self.latency.iter().map(|(r, h)| (*r, h.clone())).collect(),
             events_ingested: self.events_ingested,
             bytes_ingested: self.bytes_ingested,
             rate_limited: self.rate_limited.iter().map(|(k, v)| (*k, *v)).collect(),
@@ -109,6 +92,14 @@ impl CellMetrics {
         }
     }
 }
+
+/// A gauge or counter with one value per cell: name, type, help, getter.
+type SimpleFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&MetricsSnapshot) -> u64,
+);
 
 /// Renders all cells' snapshots as Prometheus text (exposition format 0.0.4).
 pub fn render(cells: &[MetricsSnapshot]) -> String {
@@ -165,16 +156,61 @@ pub fn render(cells: &[MetricsSnapshot]) -> String {
             }
         },
     );
-    let simple: [(&str, &str, &str, fn(&MetricsSnapshot) -> u64); 9] = [
-        ("honeycell_events_ingested_total", "counter", "Events durably appended by the owning cell.", |c| c.events_ingested),
-        ("honeycell_bytes_ingested_total", "counter", "Arrow bytes durably appended by the owning cell.", |c| c.bytes_ingested),
-        ("honeycell_admission_rejected_total", "counter", "Requests refused by admission control (queue depth or buffered memory).", |c| c.admission_rejected),
-        ("honeycell_bus_hops_out_total", "counter", "Requests this cell handed to another (owning) cell.", |c| c.bus_hops_out),
-        ("honeycell_bus_hops_in_total", "counter", "Requests this cell received from another cell over the bus.", |c| c.bus_hops_in),
-        ("honeycell_buffered_bytes", "gauge", "Bytes held in unsealed buffers and queued writes.", |c| c.buffered_bytes),
-        ("honeycell_queue_depth", "gauge", "Requests in flight in the cell (admission control input).", |c| c.queue_depth),
-        ("honeycell_orgs_open", "gauge", "Orgs whose event log this cell has open.", |c| c.orgs_open),
-        ("honeycell_stored_bytes", "gauge", "Bytes on disk of the orgs this cell has open.", |c| c.stored_bytes),
+    let simple: [SimpleFamily; 9] = [
+        (
+            "honeycell_events_ingested_total",
+            "counter",
+            "Events durably appended by the owning cell.",
+            |c| c.events_ingested,
+        ),
+        (
+            "honeycell_bytes_ingested_total",
+            "counter",
+            "Arrow bytes durably appended by the owning cell.",
+            |c| c.bytes_ingested,
+        ),
+        (
+            "honeycell_admission_rejected_total",
+            "counter",
+            "Requests refused by admission control (queue depth or buffered memory).",
+            |c| c.admission_rejected,
+        ),
+        (
+            "honeycell_bus_hops_out_total",
+            "counter",
+            "Requests this cell handed to another (owning) cell.",
+            |c| c.bus_hops_out,
+        ),
+        (
+            "honeycell_bus_hops_in_total",
+            "counter",
+            "Requests this cell received from another cell over the bus.",
+            |c| c.bus_hops_in,
+        ),
+        (
+            "honeycell_buffered_bytes",
+            "gauge",
+            "Bytes held in unsealed buffers and queued writes.",
+            |c| c.buffered_bytes,
+        ),
+        (
+            "honeycell_queue_depth",
+            "gauge",
+            "Requests in flight in the cell (admission control input).",
+            |c| c.queue_depth,
+        ),
+        (
+            "honeycell_orgs_open",
+            "gauge",
+            "Orgs whose event log this cell has open.",
+            |c| c.orgs_open,
+        ),
+        (
+            "honeycell_stored_bytes",
+            "gauge",
+            "Bytes on disk of the orgs this cell has open.",
+            |c| c.stored_bytes,
+        ),
     ];
     for (name, kind, help, get) in simple {
         family(name, kind, help, &mut |o| {
@@ -222,6 +258,10 @@ mod tests {
             "honeycell_request_duration_seconds_count{cell=\"3\",route=\"GET /v1/events\"} 3"
         ));
         // Every family is announced once with HELP and TYPE.
-        assert_eq!(text.matches("# TYPE honeycell_requests_total counter").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE honeycell_requests_total counter")
+                .count(),
+            1
+        );
     }
 }

@@ -91,7 +91,8 @@ impl Owner {
                 let _ = reply.send(self.metrics_snapshot(queued));
             }
             Op::Ingest { ctx, batch, reply } => {
-                let admitted = self.admit(&ctx, OpKind::Write, queued, batch.get_array_memory_size());
+                let admitted =
+                    self.admit(&ctx, OpKind::Write, queued, batch.get_array_memory_size());
                 if let Err(e) = admitted {
                     let _ = reply.send(Err(e));
                     return;
@@ -130,10 +131,10 @@ impl Owner {
     /// Rate limits, then admission control: queue depth and buffered memory.
     fn admit(&self, ctx: &TenantContext, kind: OpKind, queued: usize, bytes: usize) -> Result<()> {
         let now = Instant::now();
-        if let Err(limited) = self
-            .limiter
-            .borrow_mut()
-            .check(ctx.org.as_str(), &ctx.subject, kind, now)
+        if let Err(limited) =
+            self.limiter
+                .borrow_mut()
+                .check(ctx.org.as_str(), &ctx.subject, kind, now)
         {
             metrics::with(|m| *m.rate_limited.entry(limited.scope.as_str()).or_default() += 1);
             return Err(Error::RateLimited(limited));

@@ -68,10 +68,17 @@ impl EventFilter {
     ) -> Result<Self> {
         let bad = |field: &'static str, reason: String| Error::BadFilter { field, reason };
         let event_type = event_type
-            .map(|t| t.parse::<EventType>().map_err(|e| bad("event_type", e.to_string())))
+            .map(|t| {
+                t.parse::<EventType>()
+                    .map_err(|e| bad("event_type", e.to_string()))
+            })
             .transpose()?;
-        let since_us = since.map(|s| parse_time(s).map_err(|e| bad("since", e))).transpose()?;
-        let until_us = until.map(|s| parse_time(s).map_err(|e| bad("until", e))).transpose()?;
+        let since_us = since
+            .map(|s| parse_time(s).map_err(|e| bad("since", e)))
+            .transpose()?;
+        let until_us = until
+            .map(|s| parse_time(s).map_err(|e| bad("until", e)))
+            .transpose()?;
         Ok(Self {
             entity_type,
             event_type,
@@ -111,9 +118,8 @@ impl EventFilter {
         if let Some(v) = &self.entity_id {
             add(eq_str(col::ENTITY_ID, v)?)?;
         }
-        let ts = |v: i64| {
-            Scalar::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"))
-        };
+        let ts =
+            |v: i64| Scalar::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"));
         if let Some(v) = self.since_us {
             add(cmp::gt_eq(batch.column(col::OCCURRED_AT), &ts(v))?)?;
         }
@@ -148,8 +154,11 @@ impl Cursor {
     const PREFIX: &'static str = "hc1:";
 
     pub fn encode(self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("{}{}", Self::PREFIX, self.0))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+            "{}{}",
+            Self::PREFIX,
+            self.0
+        ))
     }
 
     pub fn decode(s: &str) -> Result<Self> {
@@ -300,7 +309,12 @@ pub fn page(
     }
     // A full page has a next page if one more matching row exists after it.
     let next_cursor = match last {
-        Some(l) if taken >= limit && Scan::new(snapshot, filter, Some(Cursor(l))).next().is_some() => {
+        Some(l)
+            if taken >= limit
+                && Scan::new(snapshot, filter, Some(Cursor(l)))
+                    .next()
+                    .is_some() =>
+        {
             Some(Cursor(l))
         }
         _ => None,

@@ -56,7 +56,9 @@ pub struct Cells {
 
 impl std::fmt::Debug for Cells {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cells").field("cells", &self.threads.len()).finish()
+        f.debug_struct("Cells")
+            .field("cells", &self.threads.len())
+            .finish()
     }
 }
 
@@ -114,7 +116,11 @@ where
                 if let Some(core) = core
                     && !core_affinity::set_for_current(core)
                 {
-                    tracing::warn!(cell = i, core = core.id, "could not pin cell to its core; running unpinned");
+                    tracing::warn!(
+                        cell = i,
+                        core = core.id,
+                        "could not pin cell to its core; running unpinned"
+                    );
                 }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -122,7 +128,10 @@ where
                     .build()
                     .map_err(|source| Error::Runtime { cell: id, source })?;
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, cell_main(id, spec, router, inbox, ctx, payload, serve, barrier, ready))
+                local.block_on(
+                    &rt,
+                    cell_main(id, spec, router, inbox, ctx, payload, serve, barrier, ready),
+                )
             })
             .map_err(|source| Error::Runtime { cell: id, source })?;
         threads.push((id, thread));
@@ -169,11 +178,21 @@ async fn cell_main<T, F>(
 where
     F: Fn(CellContext, T) -> LocalBoxFuture<'static, ()>,
 {
-    let store = match Store::open(&spec.data_dir, spec.storage.clone(), format!("cell-{}-io", id.0)) {
+    let store = match Store::open(
+        &spec.data_dir,
+        spec.storage.clone(),
+        format!("cell-{}-io", id.0),
+    ) {
         Ok(s) => s,
         Err(e) => {
             let e = Error::from(e);
-            let _ = ready.send((id, Err(Error::CellStart { cell: id, reason: e.to_string() })));
+            let _ = ready.send((
+                id,
+                Err(Error::CellStart {
+                    cell: id,
+                    reason: e.to_string(),
+                }),
+            ));
             return Err(e);
         }
     };
@@ -188,7 +207,13 @@ where
             let _ = ready.send((id, Ok(n)));
         }
         Err(e) => {
-            let _ = ready.send((id, Err(Error::CellStart { cell: id, reason: e.to_string() })));
+            let _ = ready.send((
+                id,
+                Err(Error::CellStart {
+                    cell: id,
+                    reason: e.to_string(),
+                }),
+            ));
             return Err(e);
         }
     }

@@ -20,7 +20,10 @@ pub enum Error {
     #[error("SQL error: {0}")]
     Sql(String),
     #[error("{what} is not supported: {hint}")]
-    Unsupported { what: &'static str, hint: &'static str },
+    Unsupported {
+        what: &'static str,
+        hint: &'static str,
+    },
     #[error("flight: {0}")]
     Flight(#[from] arrow_flight::error::FlightError),
     #[error("the query worker stopped before answering")]
@@ -48,7 +51,9 @@ impl Error {
 /// gRPC code for an error class.
 pub fn code(class: ErrorClass) -> Code {
     match class {
-        ErrorClass::BadRequest | ErrorClass::TooLarge => Code::InvalidArgument,
+        ErrorClass::BadRequest | ErrorClass::TooLarge | ErrorClass::UnsupportedMediaType => {
+            Code::InvalidArgument
+        }
         ErrorClass::Unauthenticated => Code::Unauthenticated,
         ErrorClass::Forbidden => Code::PermissionDenied,
         ErrorClass::NotFound => Code::NotFound,

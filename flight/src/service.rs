@@ -57,7 +57,7 @@ impl FlightState {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| {
                 Error::Auth(honeycell_auth::Error::Malformed {
-                    reason: "the authorization metadata is not visible ASCII".into(),
+                    reason: "the authorization metadata is not visible ASCII",
                 })
             })?),
         };
@@ -113,7 +113,10 @@ impl EventsTicket {
 
 /// True for Flight SQL commands (protobuf `Any` of the Flight SQL package).
 fn is_flight_sql(bytes: &[u8]) -> bool {
-    Any::decode(bytes).is_ok_and(|a| a.type_url.starts_with("type.googleapis.com/arrow.flight.protocol.sql."))
+    Any::decode(bytes).is_ok_and(|a| {
+        a.type_url
+            .starts_with("type.googleapis.com/arrow.flight.protocol.sql.")
+    })
 }
 
 /// The Flight service of one cell.
@@ -142,7 +145,9 @@ impl HoneycellFlight {
             [] => Ok(b"{}".to_vec()),
             [p] if p == "events" => Ok(b"{}".to_vec()),
             other => Err(Error::BadDescriptor {
-                reason: format!("unknown path {other:?}; use the path [\"events\"] or a JSON command"),
+                reason: format!(
+                    "unknown path {other:?}; use the path [\"events\"] or a JSON command"
+                ),
             }),
         }
     }
@@ -154,8 +159,10 @@ impl HoneycellFlight {
         let snapshot = self.state.cells.snapshot(&ctx).await?;
         // Batches go from the snapshot (zero-copy views of sealed segments)
         // straight into the Flight encoder: no rows, no JSON.
-        let batches = Scan::new(&snapshot, &filter, after)
-            .map(|item| item.map(|sb| sb.batch).map_err(|e| FlightError::ExternalError(Box::new(e))));
+        let batches = Scan::new(&snapshot, &filter, after).map(|item| {
+            item.map(|sb| sb.batch)
+                .map_err(|e| FlightError::ExternalError(Box::new(e)))
+        });
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(honeycell_storage::event_schema())
             .build(futures::stream::iter(batches))
@@ -163,10 +170,15 @@ impl HoneycellFlight {
         Ok(Box::pin(stream))
     }
 
-    async fn plain_do_put(&self, request: Request<Streaming<FlightData>>) -> Result<BoxStream<PutResult>> {
+    async fn plain_do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<BoxStream<PutResult>> {
         let ctx = self.state.tenant(&request)?;
         let state = self.state.clone();
-        let input = FlightRecordBatchStream::new_from_flight_data(request.into_inner().map_err(FlightError::from));
+        let input = FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map_err(FlightError::from),
+        );
         // Each client batch is validated whole, then appended (split into
         // pieces of at most max_append_rows) and acknowledged with one
         // PutResult once durable. A bad batch ends the stream with
@@ -177,13 +189,17 @@ impl HoneycellFlight {
                 let state = state.clone();
                 let ctx = ctx.clone();
                 async move {
-                    let normalized = honeycell_storage::normalize_batch(&ctx.org, &batch, now_us())?;
+                    let normalized =
+                        honeycell_storage::normalize_batch(&ctx.org, &batch, now_us())?;
                     let mut accepted = 0u64;
                     let mut first_offset = None;
                     let mut start = 0;
                     while start < normalized.num_rows() {
                         let len = state.max_append_rows.min(normalized.num_rows() - start);
-                        let ack = state.cells.ingest(&ctx, normalized.slice(start, len)).await?;
+                        let ack = state
+                            .cells
+                            .ingest(&ctx, normalized.slice(start, len))
+                            .await?;
                         first_offset.get_or_insert(ack.first_offset);
                         accepted += ack.rows;
                         start += len;
@@ -198,7 +214,10 @@ impl HoneycellFlight {
         Ok(Box::pin(out))
     }
 
-    async fn admin_action(&self, request: Request<Action>) -> Result<BoxStream<arrow_flight::Result>> {
+    async fn admin_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<BoxStream<arrow_flight::Result>> {
         let ctx = self.state.tenant(&request)?;
         let action = request.into_inner();
         let body = match action.r#type.as_str() {
@@ -219,7 +238,9 @@ impl HoneycellFlight {
             }
             other => {
                 return Err(Error::BadDescriptor {
-                    reason: format!("unknown action {other:?}; ListActions shows the supported ones"),
+                    reason: format!(
+                        "unknown action {other:?}; ListActions shows the supported ones"
+                    ),
                 });
             }
         };
@@ -326,7 +347,9 @@ impl FlightService for HoneycellFlight {
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("PollFlightInfo is not supported: queries answer GetFlightInfo at once"))
+        Err(Status::unimplemented(
+            "PollFlightInfo is not supported: queries answer GetFlightInfo at once",
+        ))
     }
 
     async fn get_schema(
@@ -345,11 +368,17 @@ impl FlightService for HoneycellFlight {
         Ok(Response::new(result))
     }
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         let started = Instant::now();
         let ticket = &request.get_ref().ticket;
         let result = if ticket.first() == Some(&b'{') || ticket.is_empty() {
-            self.plain_do_get(request).await.map(Response::new).map_err(Status::from)
+            self.plain_do_get(request)
+                .await
+                .map(Response::new)
+                .map_err(Status::from)
         } else {
             FlightService::do_get(&self.sql, request).await
         };
@@ -362,17 +391,27 @@ impl FlightService for HoneycellFlight {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         let started = Instant::now();
-        let result = self.plain_do_put(request).await.map(Response::new).map_err(Status::from);
+        let result = self
+            .plain_do_put(request)
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
         record("flight.DoPut", started, &result);
         result
     }
 
-    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
         let started = Instant::now();
         let result = if SQL_ACTIONS.contains(&request.get_ref().r#type.as_str()) {
             FlightService::do_action(&self.sql, request).await
         } else {
-            self.admin_action(request).await.map(Response::new).map_err(Status::from)
+            self.admin_action(request)
+                .await
+                .map(Response::new)
+                .map_err(Status::from)
         };
         record("flight.DoAction", started, &result);
         result
@@ -383,10 +422,22 @@ impl FlightService for HoneycellFlight {
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         let actions = [
-            ("whoami", "The caller's org, subject, role and owning cell's location (JSON)."),
-            ("stats", "Event count and offsets of the caller's org (JSON)."),
-            ("CreatePreparedStatement", "Flight SQL: prepare a query over the caller's events table."),
-            ("ClosePreparedStatement", "Flight SQL: close a prepared statement."),
+            (
+                "whoami",
+                "The caller's org, subject, role and owning cell's location (JSON).",
+            ),
+            (
+                "stats",
+                "Event count and offsets of the caller's org (JSON).",
+            ),
+            (
+                "CreatePreparedStatement",
+                "Flight SQL: prepare a query over the caller's events table.",
+            ),
+            (
+                "ClosePreparedStatement",
+                "Flight SQL: close a prepared statement.",
+            ),
         ]
         .map(|(t, d)| {
             Ok(ActionType {

@@ -67,7 +67,10 @@ impl SqlService {
         snapshot: OrgSnapshot,
         sql: String,
         execute: bool,
-    ) -> Result<(SchemaRef, Option<ReceiverStream<Result<RecordBatch, FlightError>>>)> {
+    ) -> Result<(
+        SchemaRef,
+        Option<ReceiverStream<Result<RecordBatch, FlightError>>>,
+    )> {
         let (schema_tx, schema_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(4);
         self.state.query_pool.spawn(async move {
@@ -173,7 +176,9 @@ impl FlightSqlService for SqlService {
             statement_handle: query.query.clone().into(),
         };
         let ticket = Ticket::new(ticket.as_any().encode_to_vec());
-        Ok(Response::new(self.flight_info(&request, query.query, ticket).await?))
+        Ok(Response::new(
+            self.flight_info(&request, query.query, ticket).await?,
+        ))
     }
 
     async fn do_get_statement(
@@ -221,7 +226,9 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<FlightInfo>, Status> {
         let sql = utf8(&cmd.prepared_statement_handle, "prepared statement handle")?;
         let ticket = Ticket::new(cmd.as_any().encode_to_vec());
-        Ok(Response::new(self.flight_info(&request, sql, ticket).await?))
+        Ok(Response::new(
+            self.flight_info(&request, sql, ticket).await?,
+        ))
     }
 
     async fn do_get_prepared_statement(
@@ -240,7 +247,8 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<FlightInfo>, Status> {
         self.state.tenant(&request)?;
         let schema = query.clone().into_builder(&self.info).schema();
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
         let info = FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Error::Sql(e.to_string()))?
@@ -268,7 +276,7 @@ impl FlightSqlService for SqlService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.state.tenant(&request)?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         metadata_info(&schema, query.as_any(), request.into_inner())
     }
 
@@ -280,7 +288,9 @@ impl FlightSqlService for SqlService {
         self.state.tenant(&request)?;
         let mut b = query.into_builder();
         b.append(CATALOG);
-        Ok(Response::new(one_batch(b.build().map_err(|e| Error::Sql(e.to_string()))?)))
+        Ok(Response::new(one_batch(
+            b.build().map_err(|e| Error::Sql(e.to_string()))?,
+        )))
     }
 
     async fn get_flight_info_schemas(
@@ -301,7 +311,9 @@ impl FlightSqlService for SqlService {
         self.state.tenant(&request)?;
         let mut b = query.into_builder();
         b.append(CATALOG, SCHEMA);
-        Ok(Response::new(one_batch(b.build().map_err(|e| Error::Sql(e.to_string()))?)))
+        Ok(Response::new(one_batch(
+            b.build().map_err(|e| Error::Sql(e.to_string()))?,
+        )))
     }
 
     async fn get_flight_info_tables(
@@ -321,9 +333,17 @@ impl FlightSqlService for SqlService {
     ) -> Result<Response<DoGetStream>, Status> {
         self.state.tenant(&request)?;
         let mut b = query.into_builder();
-        b.append(CATALOG, SCHEMA, "events", "TABLE", &honeycell_storage::event_schema())
-            .map_err(|e| Error::Sql(e.to_string()))?;
-        Ok(Response::new(one_batch(b.build().map_err(|e| Error::Sql(e.to_string()))?)))
+        b.append(
+            CATALOG,
+            SCHEMA,
+            "events",
+            "TABLE",
+            &honeycell_storage::event_schema(),
+        )
+        .map_err(|e| Error::Sql(e.to_string()))?;
+        Ok(Response::new(one_batch(
+            b.build().map_err(|e| Error::Sql(e.to_string()))?,
+        )))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -22,7 +22,9 @@ use honeycell_types::{CellId, OrgId};
 pub enum Error {
     #[error("cells: the cell count must be at least 1")]
     NoCells,
-    #[error("router.overrides: org {org} is pinned to cell {cell}, but only {cells} cells run (0..{cells})")]
+    #[error(
+        "router.overrides: org {org} is pinned to cell {cell}, but only {cells} cells run (0..{cells})"
+    )]
     OverrideOutOfRange { org: String, cell: u32, cells: u32 },
     #[error("router.overrides: {0}")]
     BadOrg(#[from] honeycell_types::Error),
@@ -95,8 +97,8 @@ pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
     while j < i64::from(buckets) {
         b = j;
         key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-        j = ((b.wrapping_add(1) as f64) * ((1u64 << 31) as f64 / ((key >> 33).wrapping_add(1) as f64)))
-            as i64;
+        j = ((b.wrapping_add(1) as f64)
+            * ((1u64 << 31) as f64 / ((key >> 33).wrapping_add(1) as f64))) as i64;
     }
     // b is in 0..buckets because buckets >= 1 is checked by the caller.
     b as u32

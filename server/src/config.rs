@@ -151,7 +151,10 @@ const FLAG_VARS: [&str; 7] = [
 impl Config {
     /// Reads the TOML file (if any) and applies `HONEYCELL_<SECTION>__<KEY>`
     /// variables from `env`.
-    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> anyhow::Result<Self> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -176,13 +179,20 @@ impl Config {
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             set_path(&mut table, &path, env_value(&value));
         }
-        let mut config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("invalid configuration: {}", e.message().trim())
-                .context(match file {
-                    Some(p) => format!("in {} or HONEYCELL_* variables", p.display()),
-                    None => "in HONEYCELL_* variables".to_owned(),
-                })
-        })?;
+        // serde_path_to_error keeps the path of the failing key
+        // (`storage.durability`), which a plain `try_into` loses.
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let source = match file {
+                    Some(p) => format!("{} or HONEYCELL_* variables", p.display()),
+                    None => "HONEYCELL_* variables".to_owned(),
+                };
+                anyhow::anyhow!(
+                    "invalid configuration key {}: {} (in {source})",
+                    e.path(),
+                    e.inner().message().trim()
+                )
+            })?;
         if let Some(secret) = secret {
             config.jwt.secret = Some(secret);
         }
@@ -241,7 +251,11 @@ impl Config {
         if !path.exists() {
             std::fs::create_dir_all(&self.data_dir)
                 .with_context(|| format!("data_dir: cannot create {}", self.data_dir.display()))?;
-            let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
             write_private(&path, &secret)?;
         }
         jwt.secret_file = Some(path);
@@ -257,7 +271,10 @@ impl Config {
             bail!("query_workers must be at least 1");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            bail!("log.format must be \"text\" or \"json\", got {:?}", self.log.format);
+            bail!(
+                "log.format must be \"text\" or \"json\", got {:?}",
+                self.log.format
+            );
         }
         let cells = self.cell_count();
         if let Some(base) = self.flight_cell_base_port
@@ -272,12 +289,22 @@ impl Config {
         self.admission.validate().map_err(anyhow::Error::msg)?;
         self.http_limits.validate().map_err(anyhow::Error::msg)?;
         for (org, cell) in &self.router.overrides {
-            honeycell_types::OrgId::new(org.clone()).map_err(|e| anyhow::anyhow!("router.overrides: {e}"))?;
+            honeycell_types::OrgId::new(org.clone())
+                .map_err(|e| anyhow::anyhow!("router.overrides: {e}"))?;
             if *cell as usize >= cells {
-                bail!("router.overrides: {org} is pinned to cell {cell}, but only {cells} cells run");
+                bail!(
+                    "router.overrides: {org} is pinned to cell {cell}, but only {cells} cells run"
+                );
             }
         }
-        if self.jwt.secret.is_some() || self.jwt.secret_file.is_some() || self.jwt.public_key_file.is_some() {
+        // Without any key, HS256 falls back to the development secret that
+        // `serve` creates; every other combination must stand on its own.
+        let dev_fallback = self.jwt.algorithm.eq_ignore_ascii_case("HS256")
+            && self.jwt.secret.is_none()
+            && self.jwt.secret_file.is_none()
+            && self.jwt.public_key_file.is_none()
+            && self.jwt.private_key_file.is_none();
+        if !dev_fallback {
             self.jwt.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(())
@@ -314,7 +341,10 @@ mod tests {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         let c = Config::load(None, env.into_iter()).expect("config");
-        assert_eq!(c.storage.durability, honeycell_storage::DurabilityConfig::Interval);
+        assert_eq!(
+            c.storage.durability,
+            honeycell_storage::DurabilityConfig::Interval
+        );
         assert_eq!(c.rate_limiting.org_max_qps, 7);
         assert_eq!(c.jwt.secret.as_deref(), Some("s3cret"));
         assert_eq!(c.data_dir, PathBuf::from("honeycell-data"));
@@ -325,7 +355,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[storage]\ndurabilty = \"fsync\"\n").expect("write");
-        let err = Config::load(Some(&path), std::iter::empty()).err().expect("must fail");
+        let err = Config::load(Some(&path), std::iter::empty())
+            .err()
+            .expect("must fail");
         assert!(format!("{err:#}").contains("durabilty"), "{err:#}");
     }
 

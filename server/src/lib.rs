@@ -90,7 +90,9 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let query_handle = query_pool.handle().clone();
     let max_append_rows = config.http_limits.max_batch_events.max(65_536);
 
-    let serve = move |ctx: CellContext, listeners: CellListeners| -> futures::future::LocalBoxFuture<'static, ()> {
+    let serve = move |ctx: CellContext,
+                      listeners: CellListeners|
+          -> futures::future::LocalBoxFuture<'static, ()> {
         let verifier = verifier.clone();
         let http_config = http_config.clone();
         let locations = locations.clone();
@@ -169,7 +171,10 @@ pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {},

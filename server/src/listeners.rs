@@ -33,9 +33,9 @@ fn listen(key: &str, addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpLi
             .with_context(|| format!("{key}: SO_REUSEPORT is not available"))?;
     }
     socket.set_tcp_nodelay(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("{key}: cannot bind {addr} (in use? set {key} to a free address)"))?;
+    socket.bind(&addr.into()).with_context(|| {
+        format!("{key}: cannot bind {addr} (in use? set {key} to a free address)")
+    })?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use honeycell::Config;
 
 #[derive(Parser)]
-#[command(name = "honeycell", version, about = "Multi-tenant event and analytics server: cells, Arrow Flight, GraphQL")]
+#[command(
+    name = "honeycell",
+    version,
+    about = "Multi-tenant event and analytics server: cells, Arrow Flight, GraphQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +95,13 @@ enum Command {
     CheckConfig(ConfigFlags),
 }
 
-fn token(flags: &ConfigFlags, org: &str, role: &str, ttl: &str, subject: &str) -> anyhow::Result<String> {
+fn token(
+    flags: &ConfigFlags,
+    org: &str,
+    role: &str,
+    ttl: &str,
+    subject: &str,
+) -> anyhow::Result<String> {
     let config = flags.load()?;
     let (jwt, _) = config.jwt_effective()?;
     let signer = honeycell_auth::Signer::new(&jwt).context("jwt")?;

@@ -27,7 +27,7 @@ pub enum DurabilityConfig {
 /// The `[storage]` section of the server's configuration. The data
 /// directory is not part of it: it is passed to [`crate::Store::open`].
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// `"fsync"` (default) or `"interval"`.
     pub durability: DurabilityConfig,

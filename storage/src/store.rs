@@ -384,6 +384,7 @@ impl OrgLog {
         let durable = self.inner.io.durable_end.load(Ordering::Acquire);
         let mut st = self.inner.state.borrow_mut();
         let mut added = 0;
+        let mut merged_delta = 0i64;
         while st
             .inflight
             .front()
@@ -397,10 +398,14 @@ impl OrgLog {
             st.visible_end = chunk.end_offset();
             st.memtable.push(chunk);
             st.snapshot = None;
+            merged_delta += coalesce_tail(&mut st.memtable);
         }
-        st.memtable_bytes += added;
+        // Merging small chunks changes the memory they hold (usually less).
+        let net = added as i64 + merged_delta;
+        let (grow, shrink) = (net.max(0) as u64, (-net).max(0) as u64);
+        st.memtable_bytes = (st.memtable_bytes + grow).saturating_sub(shrink);
         let total = &self.inner.store.memtable_bytes;
-        total.set(total.get() + added);
+        total.set((total.get() + grow).saturating_sub(shrink));
     }
 
     /// A consistent view of everything visible now.
@@ -675,5 +680,57 @@ impl OrgSnapshot {
 
     pub fn num_rows(&self) -> usize {
         (self.end_offset - self.first_offset) as usize
+    }
+}
+
+/// Chunks merged at once, and the number of merge tiers: a row is copied at
+/// most `MERGE_TIERS` times before its chunk holds `MERGE_RUN^MERGE_TIERS`
+/// rows and is left alone until sealing.
+const MERGE_RUN: usize = 16;
+const MERGE_TIERS: u32 = 3;
+
+fn merge_tier(rows: usize) -> u32 {
+    let mut tier = 0;
+    let mut bound = MERGE_RUN;
+    while rows >= bound && tier < MERGE_TIERS {
+        tier += 1;
+        bound *= MERGE_RUN;
+    }
+    tier
+}
+
+/// Merges runs of small chunks at the memtable's tail, so that many tiny
+/// appends (single-event HTTP requests) do not leave thousands of one-row
+/// batches for every reader to walk. Tiered: `MERGE_RUN` chunks of the same
+/// tier become one chunk of the next. Returns the change in memory held.
+fn coalesce_tail(memtable: &mut Vec<Chunk>) -> i64 {
+    let mut delta = 0i64;
+    loop {
+        let n = memtable.len();
+        if n < MERGE_RUN {
+            return delta;
+        }
+        let tail = &memtable[n - MERGE_RUN..];
+        let tier = merge_tier(tail[MERGE_RUN - 1].batch.num_rows());
+        if tier >= MERGE_TIERS || !tail.iter().all(|c| merge_tier(c.batch.num_rows()) == tier) {
+            return delta;
+        }
+        let batches: Vec<RecordBatch> = tail.iter().map(|c| c.batch.clone()).collect();
+        let old: u64 = batches
+            .iter()
+            .map(|b| b.get_array_memory_size() as u64)
+            .sum();
+        let Ok(merged) = arrow_select::concat::concat_batches(&batches[0].schema(), &batches)
+        else {
+            return delta;
+        };
+        let first_offset = tail[0].first_offset;
+        let new = merged.get_array_memory_size() as u64;
+        memtable.truncate(n - MERGE_RUN);
+        memtable.push(Chunk {
+            first_offset,
+            batch: merged,
+        });
+        delta += new as i64 - old as i64;
     }
 }

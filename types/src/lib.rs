@@ -91,6 +91,8 @@ pub enum ErrorClass {
     NotFound,
     /// The body or batch is larger than allowed (413).
     TooLarge,
+    /// The body is in a format the route does not accept (415).
+    UnsupportedMediaType,
     /// A limit was hit; retry after the given time (429).
     Overloaded { retry_after: Duration },
     /// The server cannot serve this now (shutting down, storage failed); retry later (503).
@@ -108,6 +110,7 @@ impl ErrorClass {
             ErrorClass::Forbidden => 403,
             ErrorClass::NotFound => 404,
             ErrorClass::TooLarge => 413,
+            ErrorClass::UnsupportedMediaType => 415,
             ErrorClass::Overloaded { .. } => 429,
             ErrorClass::Unavailable => 503,
             ErrorClass::Internal => 500,
@@ -122,6 +125,7 @@ impl ErrorClass {
             ErrorClass::Forbidden => "forbidden",
             ErrorClass::NotFound => "not_found",
             ErrorClass::TooLarge => "too_large",
+            ErrorClass::UnsupportedMediaType => "unsupported_media_type",
             ErrorClass::Overloaded { .. } => "rate_limited",
             ErrorClass::Unavailable => "unavailable",
             ErrorClass::Internal => "internal",
