@@ -18,11 +18,12 @@ use honeycell_storage::build_batch;
 use honeycell_types::ErrorClass;
 use serde_json::Value;
 
+use crate::ApiState;
 use crate::error::ApiError;
 use crate::http::{Tenant, build_filter, page_size};
 use crate::ingest::EventIn;
 use crate::json::rfc3339_us;
-use crate::{ApiState, now_us};
+use honeycell_types::now_us;
 
 pub type HoneycellSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 

@@ -15,10 +15,11 @@ use honeycell_storage::build_batch;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::ApiState;
 use crate::error::ApiError;
 use crate::ingest::{parse_json_array, parse_ndjson};
 use crate::json::write_events;
-use crate::{ApiState, now_us};
+use honeycell_types::now_us;
 
 /// The verified caller. Extracting it is authentication: the org, subject
 /// and role come only from the verified credential.

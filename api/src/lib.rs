@@ -81,14 +81,6 @@ impl ApiState {
     }
 }
 
-/// Current time in microseconds since the epoch.
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// All routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()

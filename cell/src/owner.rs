@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use honeycell_auth::TenantContext;
 use honeycell_storage::{OrgLog, OrgSnapshot, Store};
-use honeycell_types::{CellId, OrgId};
+use honeycell_types::{CellId, OrgId, now_us};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::bus::{Envelope, IngestAck, Op};
@@ -31,13 +31,6 @@ pub(crate) struct Owner {
     admission: AdmissionConfig,
     in_flight: Cell<usize>,
     idle: Notify,
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 impl Owner {

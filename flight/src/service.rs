@@ -25,7 +25,7 @@ use futures::{Stream, TryStreamExt};
 use honeycell_auth::{TenantContext, Verifier};
 use honeycell_cell::query::{Cursor, EventFilter, Scan};
 use honeycell_cell::{CellHandle, metrics};
-use honeycell_types::OrgId;
+use honeycell_types::{OrgId, now_us};
 use prost::Message;
 use serde::Deserialize;
 use serde_json::json;
@@ -249,13 +249,6 @@ impl HoneycellFlight {
         };
         Ok(Box::pin(futures::stream::iter([Ok(result)])))
     }
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Records a Flight call in the landing cell's metrics.

@@ -60,6 +60,14 @@ impl fmt::Debug for OrgId {
     }
 }
 
+/// Microseconds since the Unix epoch, the unit of `occurred_at`
+/// (0 if the clock is before 1970).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Index of a cell: cell `i` runs on thread `cell-{i}`, pinned to core `i`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct CellId(pub u32);
