@@ -6,7 +6,7 @@
 //! keeps the check a few arithmetic operations (see `benches/limits.rs`)
 //! and makes it testable without sleeping.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::config::RateLimitConfig;
@@ -104,8 +104,9 @@ struct OrgBuckets {
     subjects: HashMap<String, [TokenBucket; 2]>,
 }
 
-/// All buckets of one cell. Keys are looked up by `&str`, so a check
-/// allocates only the first time it sees an org or subject.
+/// All buckets of one cell. Keys are looked up by `&str` with hashbrown's
+/// `entry_ref` (one foldhash per map), so a check allocates only the first
+/// time it sees an org or subject.
 #[derive(Debug)]
 pub struct RateLimiter {
     enabled: bool,
@@ -155,30 +156,23 @@ impl RateLimiter {
             .map_err(|d| limited(LimitScope::Cell, d))?;
 
         let (org_rate, client_rate, burst) = (self.org_rate, self.client_rate, self.burst);
-        if !self.orgs.contains_key(org) {
+        // One hash per map; the key is allocated only the first time.
+        let buckets = self.orgs.entry_ref(org).or_insert_with(|| {
             let b = TokenBucket::new(org_rate, org_rate * burst, now);
-            self.orgs.insert(
-                org.to_owned(),
-                OrgBuckets {
-                    org: [b.clone(), b],
-                    subjects: HashMap::new(),
-                },
-            );
-        }
-        let Some(buckets) = self.orgs.get_mut(org) else {
-            return Ok(());
-        };
+            OrgBuckets {
+                org: [b.clone(), b],
+                subjects: HashMap::new(),
+            }
+        });
         if let Err(d) = buckets.org[k].try_take(now) {
             self.cell[k].refund();
             return Err(limited(LimitScope::Org, d));
         }
-        if !buckets.subjects.contains_key(subject) {
+        let subject_buckets = buckets.subjects.entry_ref(subject).or_insert_with(|| {
             let b = TokenBucket::new(client_rate, client_rate * burst, now);
-            buckets.subjects.insert(subject.to_owned(), [b.clone(), b]);
-        }
-        if let Some(sb) = buckets.subjects.get_mut(subject)
-            && let Err(d) = sb[k].try_take(now)
-        {
+            [b.clone(), b]
+        });
+        if let Err(d) = subject_buckets[k].try_take(now) {
             buckets.org[k].refund();
             self.cell[k].refund();
             return Err(limited(LimitScope::Subject, d));
