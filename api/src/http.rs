@@ -2,12 +2,15 @@
 
 use std::time::Instant;
 
+use arrow::array::RecordBatch;
+use arrow::ipc::writer::StreamWriter;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use honeycell_auth::TenantContext;
 use honeycell_cell::metrics;
 use honeycell_cell::query::{self, Cursor, EventFilter};
@@ -197,50 +200,84 @@ pub async fn get_events(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains(ARROW_STREAM));
-    if wants_arrow {
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(
-                &mut buf,
-                &honeycell_storage::event_schema(),
-            )
-            .map_err(honeycell_cell::Error::from)?;
-            for b in &page.batches {
-                w.write(b).map_err(honeycell_cell::Error::from)?;
-            }
-            w.finish().map_err(honeycell_cell::Error::from)?;
-        }
-        let mut resp =
-            (StatusCode::OK, [(header::CONTENT_TYPE, ARROW_STREAM)], buf).into_response();
-        if let Some(c) = next
-            && let Ok(v) = c.parse()
-        {
-            resp.headers_mut().insert("x-next-cursor", v);
-        }
-        return Ok(resp);
+    // The page's batches are views of the snapshot (no copy); they are
+    // encoded slice by slice as the client reads, so the server never holds
+    // the whole encoded answer.
+    let slices: Vec<RecordBatch> = page
+        .batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows())
+                .step_by(ENCODE_ROWS)
+                .map(move |start| b.slice(start, ENCODE_ROWS.min(b.num_rows() - start)))
+        })
+        .collect();
+    let mut resp = if wants_arrow {
+        let schema = honeycell_storage::event_schema();
+        let writer =
+            StreamWriter::try_new(Vec::new(), &schema).map_err(honeycell_cell::Error::from)?;
+        let body = Body::from_stream(arrow_stream(writer, slices));
+        (StatusCode::OK, [(header::CONTENT_TYPE, ARROW_STREAM)], body).into_response()
+    } else {
+        let body = Body::from_stream(json_stream(slices, next.clone()));
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    };
+    if let Some(c) = next
+        && let Ok(v) = c.parse()
+    {
+        resp.headers_mut().insert("x-next-cursor", v);
     }
+    Ok(resp)
+}
 
-    let mut out = Vec::with_capacity(64 + page.num_rows() * 256);
-    out.extend_from_slice(b"{\"events\":[");
-    let mut first = true;
-    for b in &page.batches {
-        write_events(&mut out, b, first);
-        first &= b.num_rows() == 0;
-    }
-    out.extend_from_slice(b"],\"next_cursor\":");
-    match next {
-        Some(c) => {
-            let _ = serde_json::to_writer(&mut out, &c);
+/// Rows encoded per body chunk.
+const ENCODE_ROWS: usize = 1024;
+
+/// `{"events":[…],"next_cursor":…}`, one chunk per slice, encoded lazily.
+fn json_stream(
+    slices: Vec<RecordBatch>,
+    next: Option<String>,
+) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    let head = futures::stream::once(async { Ok(Bytes::from_static(b"{\"events\":[")) });
+    let rows = futures::stream::iter(slices.into_iter().enumerate()).map(|(i, b)| {
+        let mut out = Vec::with_capacity(b.num_rows() * 320);
+        write_events(&mut out, &b, i == 0);
+        Ok(Bytes::from(out))
+    });
+    let tail = futures::stream::once(async move {
+        let mut out = b"],\"next_cursor\":".to_vec();
+        match next {
+            Some(c) => {
+                let _ = serde_json::to_writer(&mut out, &c);
+            }
+            None => out.extend_from_slice(b"null"),
         }
-        None => out.extend_from_slice(b"null"),
-    }
-    out.push(b'}');
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        out,
-    )
-        .into_response())
+        out.push(b'}');
+        Ok(Bytes::from(out))
+    });
+    head.chain(rows).chain(tail)
+}
+
+/// An Arrow IPC stream (schema, then one message per slice), encoded lazily.
+fn arrow_stream(
+    writer: StreamWriter<Vec<u8>>,
+    slices: Vec<RecordBatch>,
+) -> impl futures::Stream<Item = Result<Bytes, arrow::error::ArrowError>> + Send + 'static {
+    futures::stream::unfold(Some((writer, slices.into_iter())), |state| async move {
+        let (mut w, mut slices) = state?;
+        let (step, finished) = match slices.next() {
+            Some(b) => (w.write(&b), false),
+            None => (w.finish(), true),
+        };
+        let chunk = Bytes::from(std::mem::take(w.get_mut()));
+        let next = (step.is_ok() && !finished).then_some((w, slices));
+        Some((step.map(|()| chunk), next))
+    })
 }
 
 /// `GET /health`: the process is up.
