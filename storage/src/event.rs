@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use arrow::compute::cast;
+use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -113,17 +114,12 @@ pub fn build_batch(org: &OrgId, events: &[NewEvent], now_us: i64) -> Result<Reco
         check_json("data", row, e.data.as_deref())?;
         check_json("changes", row, e.changes.as_deref())?;
     }
-    let event_id: StringArray = events
-        .iter()
-        .map(|e| {
-            Some(
-                e.event_id
-                    .unwrap_or_else(uuid::Uuid::now_v7)
-                    .hyphenated()
-                    .to_string(),
-            )
-        })
-        .collect();
+    let mut ids = IdGen::new();
+    let mut event_id = StringBuilder::with_capacity(events.len(), events.len() * 36);
+    for e in events {
+        push_uuid(&mut event_id, e.event_id.unwrap_or_else(|| ids.next_id()));
+    }
+    let event_id = event_id.finish();
     let org_id = StringArray::from_iter_values(std::iter::repeat_n(org.as_str(), events.len()));
     let event_type = StringArray::from_iter_values(events.iter().map(|e| e.event_type.as_str()));
     let entity_type = StringArray::from_iter_values(events.iter().map(|e| e.entity_type.as_str()));
@@ -224,24 +220,23 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
     let entity_type = required("entity_type")?;
     let entity_id = required("entity_id")?;
 
-    let event_id: StringArray = match text("event_id")? {
-        None => (0..rows)
-            .map(|_| Some(uuid::Uuid::now_v7().hyphenated().to_string()))
-            .collect(),
+    let mut fresh = IdGen::new();
+    let mut out = StringBuilder::with_capacity(rows, rows * 36);
+    match text("event_id")? {
+        None => (0..rows).for_each(|_| push_uuid(&mut out, fresh.next_id())),
         Some(ids) => {
-            let mut out = Vec::with_capacity(rows);
             for (row, v) in ids.iter().enumerate() {
                 let id = match v {
-                    None => uuid::Uuid::now_v7(),
+                    None => fresh.next_id(),
                     Some(s) => uuid::Uuid::parse_str(s).map_err(|e| {
                         Error::schema("event_id", Some(row), format!("not a UUID ({e}): {s:?}"))
                     })?,
                 };
-                out.push(Some(id.hyphenated().to_string()));
+                push_uuid(&mut out, id);
             }
-            StringArray::from(out)
         }
-    };
+    }
+    let event_id: StringArray = out.finish();
 
     if let Some(ids) = text("org_id")? {
         for (row, v) in ids.iter().enumerate() {
@@ -327,6 +322,38 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
 fn first_null(arr: &dyn Array) -> Option<usize> {
     arr.logical_nulls()
         .and_then(|n| (0..arr.len()).find(|&i| n.is_null(i)))
+}
+
+/// Fresh UUIDv7s for one batch: one clock read and one random draw, then a
+/// counter in the random bits, so the ids stay unique and time-ordered
+/// without a clock read and a random draw per event.
+struct IdGen {
+    base: u128,
+    next: u128,
+}
+
+impl IdGen {
+    /// The low 62 bits of a UUIDv7 are random (above them: variant, the
+    /// other 12 random bits, version and the millisecond timestamp).
+    const RANDOM_LOW: u128 = (1 << 62) - 1;
+
+    fn new() -> Self {
+        Self {
+            base: uuid::Uuid::now_v7().as_u128(),
+            next: 0,
+        }
+    }
+
+    fn next_id(&mut self) -> uuid::Uuid {
+        let low = ((self.base & Self::RANDOM_LOW) + self.next) & Self::RANDOM_LOW;
+        self.next += 1;
+        uuid::Uuid::from_u128((self.base & !Self::RANDOM_LOW) | low)
+    }
+}
+
+fn push_uuid(out: &mut StringBuilder, id: uuid::Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.append_value(id.hyphenated().encode_lower(&mut buf));
 }
 
 fn check_json(field: &str, row: usize, value: Option<&str>) -> Result<()> {

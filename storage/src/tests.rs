@@ -863,3 +863,35 @@ fn many_tiny_appends_are_coalesced_in_the_memtable() {
         store.shutdown().await.expect("shutdown");
     });
 }
+
+#[test]
+fn assigned_event_ids_are_unique_time_ordered_uuid_v7s() {
+    let org = OrgId::new("ids").expect("org");
+    let events: Vec<NewEvent> = (0..10_000)
+        .map(|i| NewEvent {
+            event_id: None,
+            event_type: EventType::Custom,
+            entity_type: "t".into(),
+            entity_id: format!("e{i}"),
+            occurred_at_us: None,
+            data: None,
+            changes: None,
+            user_id: None,
+            trace_id: None,
+        })
+        .collect();
+    let first = build_batch(&org, &events, 0).expect("batch");
+    let second = build_batch(&org, &events[..10], 0).expect("batch");
+    let ids: Vec<uuid::Uuid> = [first, second]
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_string::<i32>().clone();
+            (0..a.len()).map(move |i| uuid::Uuid::parse_str(a.value(i)).expect("uuid"))
+        })
+        .collect();
+    assert!(ids.iter().all(|u| u.get_version_num() == 7));
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "every assigned id is unique");
+    // Within a batch the ids follow the rows.
+    assert!(ids[..10_000].windows(2).all(|w| w[0] < w[1]));
+}
