@@ -324,7 +324,9 @@ where
             let o = fut.await;
             let now = Instant::now();
             let mut s = lock(&shared);
-            let _ = s.send_lag.record((lag.as_micros() as u64).clamp(1, 100_000_000));
+            let _ = s
+                .send_lag
+                .record((lag.as_micros() as u64).clamp(1, 100_000_000));
             s.record(
                 &o,
                 now.saturating_duration_since(slot_std),

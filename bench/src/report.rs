@@ -69,8 +69,27 @@ impl Report {
 
     /// Plots completions per second of each series and links the SVG.
     pub fn throughput_plot(&mut self, name: &str, title: &str, series: &[(String, Vec<f64>)]) {
+        let xy: Vec<(String, Vec<(f64, f64)>)> = series
+            .iter()
+            .map(|(l, v)| {
+                let pts = v.iter().enumerate().map(|(x, y)| (x as f64 + 0.5, *y));
+                (l.clone(), pts.collect())
+            })
+            .collect();
+        let axes = ("second of the run", "completed per second");
+        self.xy_plot(name, title, axes, &xy);
+    }
+
+    /// Plots lines of (x, y) points and links the SVG.
+    pub fn xy_plot(
+        &mut self,
+        name: &str,
+        title: &str,
+        axes: (&str, &str),
+        series: &[(String, Vec<(f64, f64)>)],
+    ) {
         let file = format!("{name}.svg");
-        match throughput_svg(&self.dir.join(&file), title, series) {
+        match xy_svg(&self.dir.join(&file), title, axes, series) {
             Ok(()) => self.line(&format!("\n![{title}]({file})\n")),
             Err(e) => self.line(&format!("\n(plot {file} failed: {e})\n")),
         }
@@ -96,7 +115,9 @@ pub fn machine() -> String {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
-        .map_or_else(String::new, |kb| format!(", {:.0} GiB", kb / 1024.0 / 1024.0));
+        .map_or_else(String::new, |kb| {
+            format!(", {:.0} GiB", kb / 1024.0 / 1024.0)
+        });
     format!(
         "{} cores ({cpu}){mem}; the load generator and the server share these cores",
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -229,31 +250,43 @@ fn latency_svg(path: &Path, title: &str, series: &[(String, [f64; 4])]) -> anyho
     Ok(())
 }
 
-fn throughput_svg(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
+fn xy_svg(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
     root.fill(&WHITE)?;
-    let len = series.iter().map(|(_, v)| v.len()).max().unwrap_or(1).max(2);
-    let max = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().copied())
+    let points = || series.iter().flat_map(|(_, v)| v.iter().copied());
+    let len = points()
+        .map(|p| p.0)
+        .filter(|x| x.is_finite())
         .fold(1.0f64, f64::max)
+        * 1.05;
+    let max = points()
+        .map(|p| p.1)
+        .filter(|y| y.is_finite())
+        .fold(1e-3f64, f64::max)
         * 1.15;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..len as f64, 0f64..max)?;
+        .build_cartesian_2d(0f64..len, 0f64..max)?;
     chart
         .configure_mesh()
-        .x_desc("second of the run")
-        .y_desc("completed per second")
+        .x_desc(axes.0)
+        .y_desc(axes.1)
         .draw()?;
     for (i, (label, v)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(
-                v.iter().enumerate().map(|(x, y)| (x as f64 + 0.5, *y)),
+                v.iter()
+                    .copied()
+                    .filter(|p| p.0.is_finite() && p.1.is_finite()),
                 color.stroke_width(2),
             ))?
             .label(label.clone())

@@ -117,7 +117,6 @@ impl Launcher {
                     _dir: None,
                     http: http.clone(),
                     flight: flight.clone(),
-                    cells,
                     signer: Signer::new(&jwt)?,
                 })
             }
@@ -132,7 +131,6 @@ pub struct Server {
     _dir: Option<tempfile::TempDir>,
     pub http: String,
     pub flight: String,
-    pub cells: usize,
     signer: Signer,
 }
 
@@ -157,29 +155,25 @@ async fn spawn(bin: &Path, cells: usize, env: &[(&str, String)]) -> anyhow::Resu
             cmd.env_remove(k);
         }
     }
-    cmd.args([
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--flight",
-        "127.0.0.1:0",
-    ])
-    .arg("--cells")
-    .arg(cells.to_string())
-    .arg("--data-dir")
-    .arg(dir.path().join("data"))
-    .arg("--ports-file")
-    .arg(&ports)
-    .env("HONEYCELL_JWT_SECRET", SECRET)
-    .env("HONEYCELL_RATE_LIMITING__ENABLED", "false")
-    .env("HONEYCELL_LOG__LEVEL", "warn")
-    .stdin(Stdio::null())
-    .stdout(log.try_clone()?)
-    .stderr(log);
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+        .arg("--cells")
+        .arg(cells.to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--ports-file")
+        .arg(&ports)
+        .env("HONEYCELL_JWT_SECRET", SECRET)
+        .env("HONEYCELL_RATE_LIMITING__ENABLED", "false")
+        .env("HONEYCELL_LOG__LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
     let jwt = JwtConfig {
         secret: Some(SECRET.into()),
         ..JwtConfig::default()
@@ -189,7 +183,6 @@ async fn spawn(bin: &Path, cells: usize, env: &[(&str, String)]) -> anyhow::Resu
         _dir: None,
         http: String::new(),
         flight: String::new(),
-        cells,
         signer: Signer::new(&jwt)?,
     };
     let deadline = Instant::now() + START_DEADLINE;
@@ -270,14 +263,6 @@ impl Server {
     pub fn cpu_secs(&self) -> Option<f64> {
         self.pid().and_then(cpu_secs_of)
     }
-
-    /// The server's log so far.
-    pub fn log(&self) -> String {
-        self._dir
-            .as_ref()
-            .and_then(|d| std::fs::read_to_string(d.path().join("server.log")).ok())
-            .unwrap_or_default()
-    }
 }
 
 /// VmHWM of a process, in bytes.
@@ -329,11 +314,6 @@ pub fn self_cpu_secs() -> f64 {
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// Peak RSS of the bench process itself, in bytes.
-pub fn self_peak_rss() -> Option<u64> {
-    peak_rss_of(std::process::id())
 }
 
 /// Resource use of a server over a phase: CPU seconds and peak RSS.

@@ -7,7 +7,7 @@
 //! are bounded: when one is full the sender gets `Error::BusFull` at once and
 //! the client a 429, so a slow cell pushes back instead of growing queues.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -17,6 +17,7 @@ use honeycell_storage::OrgSnapshot;
 use honeycell_types::{CellId, OrgId};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::limits::{OpKind, RateLimiter};
 use crate::metrics::{self, MetricsSnapshot};
 use crate::{Error, Result};
 
@@ -77,6 +78,9 @@ pub struct CellHandle {
     id: CellId,
     router: Arc<Router>,
     inboxes: Arc<[mpsc::Sender<Envelope>]>,
+    /// Only in the `shared` runtime mode: one limiter for the whole process,
+    /// behind a mutex, checked by whichever worker thread runs the request.
+    shared_limiter: Option<Arc<Mutex<RateLimiter>>>,
 }
 
 impl std::fmt::Debug for CellHandle {
@@ -90,12 +94,29 @@ impl CellHandle {
         id: CellId,
         router: Arc<Router>,
         inboxes: Arc<[mpsc::Sender<Envelope>]>,
+        shared_limiter: Option<Arc<Mutex<RateLimiter>>>,
     ) -> Self {
         Self {
             id,
             router,
             inboxes,
+            shared_limiter,
         }
+    }
+
+    /// The `shared` mode's limit check (cells check in the owner instead).
+    fn check_shared_limit(&self, ctx: &TenantContext, kind: OpKind) -> Result<()> {
+        let Some(limiter) = &self.shared_limiter else {
+            return Ok(());
+        };
+        let checked = limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(ctx.org.as_str(), &ctx.subject, kind, Instant::now());
+        checked.map_err(|limited| {
+            metrics::with(|m| *m.rate_limited.entry(limited.scope.as_str()).or_default() += 1);
+            Error::RateLimited(limited)
+        })
     }
 
     /// The cell this handle belongs to (where the request landed).
@@ -141,6 +162,7 @@ impl CellHandle {
     /// cell; resolves once durable. Needs the `events:write` permission.
     pub async fn ingest(&self, ctx: &TenantContext, batch: RecordBatch) -> Result<IngestAck> {
         authorize(ctx, Action::WriteEvents)?;
+        self.check_shared_limit(ctx, OpKind::Write)?;
         let owner = self.owner(&ctx.org);
         let ctx = ctx.clone();
         self.ask(owner, |reply| Op::Ingest { ctx, batch, reply })
@@ -151,6 +173,7 @@ impl CellHandle {
     /// owner's read limits and admission checks.
     pub async fn snapshot(&self, ctx: &TenantContext) -> Result<OrgSnapshot> {
         authorize(ctx, Action::ReadEvents)?;
+        self.check_shared_limit(ctx, OpKind::Read)?;
         let owner = self.owner(&ctx.org);
         let ctx = ctx.clone();
         self.ask(owner, |reply| Op::Read { ctx, reply }).await?

@@ -36,7 +36,7 @@ use honeycell_types::{CellId, ErrorClass};
 
 pub use bus::{CellHandle, IngestAck};
 pub use config::{AdmissionConfig, RateLimitConfig};
-pub use runtime::{CellContext, CellSpec, Cells, Shutdown, start};
+pub use runtime::{CellContext, CellSpec, Cells, Shutdown, start, start_shared};
 
 /// Errors of the cells.
 #[derive(Debug, thiserror::Error)]

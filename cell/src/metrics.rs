@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -26,12 +27,26 @@ pub struct CellMetrics {
     pub bus_hops_in: u64,
 }
 
+/// The process-wide registry of the `shared` runtime mode (the
+/// conventional design the cells are measured against): every worker thread
+/// records into one mutex-guarded registry.
+static SHARED: OnceLock<Mutex<CellMetrics>> = OnceLock::new();
+
+/// Switches recording to the process-wide registry (`--runtime shared`).
+pub fn use_shared_registry() {
+    SHARED.get_or_init(|| Mutex::new(CellMetrics::default()));
+}
+
 thread_local! {
     static METRICS: RefCell<CellMetrics> = RefCell::new(CellMetrics::default());
 }
 
-/// Runs `f` on the current cell's metrics.
+/// Runs `f` on the current cell's metrics (or the shared registry).
 pub fn with<R>(f: impl FnOnce(&mut CellMetrics) -> R) -> R {
+    if let Some(shared) = SHARED.get() {
+        let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        return f(&mut guard);
+    }
     METRICS.with(|m| f(&mut m.borrow_mut()))
 }
 

@@ -16,6 +16,7 @@ use tokio::sync::{Barrier, mpsc, oneshot, watch};
 use crate::bus::{CellHandle, Envelope};
 use crate::config::{AdmissionConfig, RateLimitConfig};
 use crate::limits::RateLimiter;
+use crate::metrics;
 use crate::owner::Owner;
 use crate::{Error, Result};
 
@@ -95,7 +96,7 @@ where
     let mut threads = Vec::with_capacity(n);
     for (i, (inbox, payload)) in receivers.into_iter().zip(payloads).enumerate() {
         let id = CellId(i as u32);
-        let handle = CellHandle::new(id, router.clone(), inboxes.clone());
+        let handle = CellHandle::new(id, router.clone(), inboxes.clone(), None);
         let ctx = CellContext {
             handle,
             shutdown: Shutdown(stop_rx.clone()),
@@ -138,7 +139,7 @@ where
     }
     drop(ready_tx);
 
-    let handle = CellHandle::new(CellId(0), router, inboxes);
+    let handle = CellHandle::new(CellId(0), router, inboxes, None);
     let cells = Cells {
         threads,
         stop: stop_tx,
@@ -161,6 +162,121 @@ where
         }
     }
     Ok(cells)
+}
+
+/// The conventional design the cells are measured against (`--runtime
+/// shared`): one multi-threaded, work-stealing tokio runtime with
+/// `workers` threads runs the protocol servers on one listener per port;
+/// the rate limiter and the metrics registry are process-wide behind
+/// mutexes; tenant data is held by one owner thread (the storage engine of
+/// a conventional server). The protocol code is the same as in cell mode.
+pub fn start_shared<T, F>(spec: CellSpec, workers: usize, payload: T, serve: F) -> Result<Cells>
+where
+    T: Send + 'static,
+    F: Fn(CellContext, T) -> LocalBoxFuture<'static, ()> + Send + Sync + 'static,
+{
+    let id = CellId(0);
+    let router = Arc::new(Router::new(1, []).map_err(|e| Error::CellStart {
+        cell: id,
+        reason: e.to_string(),
+    })?);
+    metrics::use_shared_registry();
+    let limiter = Arc::new(std::sync::Mutex::new(RateLimiter::new(
+        &spec.rate_limiting,
+        1,
+        Instant::now(),
+    )));
+    let (sender, inbox) = mpsc::channel::<Envelope>(spec.admission.bus_capacity);
+    let inboxes: Arc<[mpsc::Sender<Envelope>]> = vec![sender].into();
+    let handle = CellHandle::new(id, router.clone(), inboxes, Some(limiter));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The owner thread and the server thread meet here before the owner stops.
+    let barrier = Arc::new(Barrier::new(2));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(CellId, Result<usize>)>();
+
+    // The owner: the same owner task as a cell's, without limits of its own
+    // (the shared limiter runs in the handlers) and without servers.
+    let owner_spec = CellSpec {
+        rate_limiting: RateLimitConfig {
+            enabled: false,
+            ..spec.rate_limiting.clone()
+        },
+        ..spec.clone()
+    };
+    let owner_ctx = CellContext {
+        handle: handle.clone(),
+        shutdown: Shutdown(stop_rx.clone()),
+    };
+    let owner_barrier = barrier.clone();
+    let owner_router = router.clone();
+    let owner = std::thread::Builder::new()
+        .name("store-owner".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| Error::Runtime { cell: id, source })?;
+            let wait = Arc::new(|ctx: CellContext, (): ()| -> LocalBoxFuture<'static, ()> {
+                Box::pin(ctx.shutdown.wait())
+            });
+            tokio::task::LocalSet::new().block_on(
+                &rt,
+                cell_main(
+                    id,
+                    owner_spec,
+                    owner_router,
+                    inbox,
+                    owner_ctx,
+                    (),
+                    wait,
+                    owner_barrier,
+                    ready_tx,
+                ),
+            )
+        })
+        .map_err(|source| Error::Runtime { cell: id, source })?;
+    match ready_rx.recv() {
+        Ok((_, Ok(orgs))) => tracing::info!(orgs_recovered = orgs, "shared-mode owner ready"),
+        Ok((_, Err(e))) => {
+            let _ = stop_tx.send(true);
+            let _ = owner.join();
+            return Err(e);
+        }
+        Err(_) => {
+            return Err(match owner.join() {
+                Ok(Err(e)) => e,
+                _ => Error::CellGone { cell: id },
+            });
+        }
+    }
+
+    let server_ctx = CellContext {
+        handle: handle.clone(),
+        shutdown: Shutdown(stop_rx),
+    };
+    let server = std::thread::Builder::new()
+        .name("shared-server".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers.max(1))
+                .thread_name("shared-worker")
+                .enable_all()
+                .build()
+                .map_err(|source| Error::Runtime { cell: id, source })?;
+            // The accept loops run here; every connection is a task that
+            // the work-stealing scheduler moves between worker threads.
+            rt.block_on(async move {
+                serve(server_ctx, payload).await;
+                barrier.wait().await;
+            });
+            Ok(())
+        })
+        .map_err(|source| Error::Runtime { cell: id, source })?;
+    Ok(Cells {
+        threads: vec![(id, owner), (CellId(1), server)],
+        stop: stop_tx,
+        handle,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -26,6 +26,8 @@ pub enum Error {
     },
     #[error("flight: {0}")]
     Flight(#[from] arrow_flight::error::FlightError),
+    #[error("unknown action {name:?}; ListActions shows the supported ones")]
+    UnknownAction { name: String },
     #[error("the query worker stopped before answering")]
     QueryWorkerGone,
 }
@@ -41,7 +43,7 @@ impl Error {
             Error::BadTicket { .. } | Error::BadDescriptor { .. } | Error::Sql(_) => {
                 ErrorClass::BadRequest
             }
-            Error::Unsupported { .. } => ErrorClass::BadRequest,
+            Error::Unsupported { .. } | Error::UnknownAction { .. } => ErrorClass::BadRequest,
             Error::Flight(_) => ErrorClass::BadRequest,
             Error::QueryWorkerGone => ErrorClass::Internal,
         }
@@ -66,7 +68,7 @@ pub fn code(class: ErrorClass) -> Code {
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let class = e.class();
-        if let Error::Unsupported { .. } = e {
+        if let Error::Unsupported { .. } | Error::UnknownAction { .. } = e {
             return Status::unimplemented(e.to_string());
         }
         if class == ErrorClass::Internal {

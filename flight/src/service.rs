@@ -237,10 +237,8 @@ impl HoneycellFlight {
                 })
             }
             other => {
-                return Err(Error::BadDescriptor {
-                    reason: format!(
-                        "unknown action {other:?}; ListActions shows the supported ones"
-                    ),
+                return Err(Error::UnknownAction {
+                    name: other.to_owned(),
                 });
             }
         };

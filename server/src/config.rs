@@ -32,8 +32,13 @@ pub struct Config {
     pub flight_cell_base_port: Option<u16>,
     /// Host put in Flight locations. Required when `flight` binds 0.0.0.0/::.
     pub advertise_host: Option<String>,
-    /// Number of cells; 0 means one per available core.
+    /// Number of cells (with `runtime = "shared"`: worker threads); 0 means
+    /// one per available core.
     pub cells: usize,
+    /// `"cells"` (thread-per-core, the design) or `"shared"` (one
+    /// work-stealing runtime with shared state: the conventional baseline
+    /// that benchmarks compare against).
+    pub runtime: RuntimeMode,
     /// Pin cell i to core i.
     pub pin_cores: bool,
     /// Threads of the query pool that runs Flight SQL (DataFusion).
@@ -48,6 +53,15 @@ pub struct Config {
     #[serde(rename = "http_limits")]
     pub http_limits: HttpConfig,
     pub router: RouterConfig,
+}
+
+/// How the server runs its threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeMode {
+    #[default]
+    Cells,
+    Shared,
 }
 
 /// `[log]`.
@@ -86,6 +100,7 @@ impl Default for Config {
             flight_cell_base_port: None,
             advertise_host: None,
             cells: 0,
+            runtime: RuntimeMode::Cells,
             pin_cores: true,
             query_workers: 1,
             ports_file: None,
@@ -138,7 +153,8 @@ fn env_value(raw: &str) -> toml::Value {
 
 /// Environment variables that are flags of the CLI (handled by clap) or
 /// secrets handled separately; they are not nested config keys.
-const FLAG_VARS: [&str; 7] = [
+const FLAG_VARS: [&str; 8] = [
+    "HONEYCELL_RUNTIME",
     "HONEYCELL_CONFIG",
     "HONEYCELL_DATA_DIR",
     "HONEYCELL_HTTP",

@@ -56,7 +56,9 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
 
-    let bound = listeners::bind(&config, cells)?;
+    let shared = config.runtime == config::RuntimeMode::Shared;
+    // Shared mode: one listener per port, served by the work-stealing pool.
+    let bound = listeners::bind(&config, if shared { 1 } else { cells })?;
     let host = config.advertised_host()?;
     let locations: Arc<[String]> = bound
         .flight_cell_ports
@@ -130,7 +132,16 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         })
     };
 
-    let running = honeycell_cell::start(spec, router, bound.per_cell, serve)?;
+    let running = if shared {
+        let listeners = bound
+            .per_cell
+            .into_iter()
+            .next()
+            .context("no listeners bound")?;
+        honeycell_cell::start_shared(spec, cells, listeners, serve)?
+    } else {
+        honeycell_cell::start(spec, router, bound.per_cell, serve)?
+    };
     if let Some(path) = &config.ports_file {
         let ports = serde_json::json!({
             "http": bound.http_port,
@@ -145,6 +156,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     }
     tracing::info!(
         cells,
+        runtime = ?config.runtime,
         http = bound.http_port,
         flight = bound.flight_port,
         flight_cells = ?bound.flight_cell_ports,

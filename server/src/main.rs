@@ -40,6 +40,10 @@ struct ConfigFlags {
     /// Write the bound ports as JSON to this file once serving.
     #[arg(long, env = "HONEYCELL_PORTS_FILE")]
     ports_file: Option<PathBuf>,
+    /// cells (thread-per-core) or shared (one work-stealing runtime; the
+    /// baseline for benchmarks).
+    #[arg(long, env = "HONEYCELL_RUNTIME", value_enum)]
+    runtime: Option<honeycell::config::RuntimeMode>,
     /// Host advertised in Flight locations.
     #[arg(long, env = "HONEYCELL_ADVERTISE_HOST")]
     advertise_host: Option<String>,
@@ -62,6 +66,9 @@ impl ConfigFlags {
         }
         if let Some(v) = &self.ports_file {
             c.ports_file = Some(v.clone());
+        }
+        if let Some(v) = self.runtime {
+            c.runtime = v;
         }
         if let Some(v) = &self.advertise_host {
             c.advertise_host = Some(v.clone());

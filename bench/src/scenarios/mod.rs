@@ -280,7 +280,12 @@ fn accepted_of(r: &PutResult) -> anyhow::Result<u64> {
 }
 
 /// Ingests `n` events through one DoPut stream of `batch`-row batches.
-pub async fn doput(server: &Server, token: &str, n: usize, batch: usize) -> anyhow::Result<Duration> {
+pub async fn doput(
+    server: &Server,
+    token: &str,
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<Duration> {
     let mut client = flight_client(&server.flight).await?;
     let batches: Vec<RecordBatch> = (0..n)
         .step_by(batch.max(1))
@@ -301,13 +306,11 @@ pub fn grpc_outcome(class: usize, r: anyhow::Result<u64>) -> Outcome {
     match r {
         Ok(n) => Outcome::ok(class, n),
         Err(e) => {
-            let status = e
-                .downcast_ref::<tonic::Status>()
-                .map(|s| match s.code() {
-                    tonic::Code::ResourceExhausted => 429,
-                    tonic::Code::Unavailable => 503,
-                    _ => 500,
-                });
+            let status = e.downcast_ref::<tonic::Status>().map(|s| match s.code() {
+                tonic::Code::ResourceExhausted => 429,
+                tonic::Code::Unavailable => 503,
+                _ => 500,
+            });
             Outcome {
                 class,
                 status,

@@ -41,7 +41,10 @@ impl Drop for Roapi {
 /// server's own, not a version-manager shim's), else `roapi` on PATH.
 fn roapi_bin() -> anyhow::Result<PathBuf> {
     if let Ok(out) = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
     {
         let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("roapi");
@@ -143,7 +146,10 @@ impl Roapi {
                 bail!("roapi exited ({status}): {}", text.trim());
             }
             if Instant::now() > deadline {
-                bail!("roapi did not report its ports within 120 s: {}", text.trim());
+                bail!(
+                    "roapi did not report its ports within 120 s: {}",
+                    text.trim()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
