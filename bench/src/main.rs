@@ -29,6 +29,7 @@ enum Scenario {
     Burst,
     Overload,
     Scaling,
+    CellsVsShared,
     /// Every scenario above, in sequence.
     All,
 }
@@ -41,6 +42,7 @@ impl Scenario {
             Scenario::Burst => "burst",
             Scenario::Overload => "overload",
             Scenario::Scaling => "scaling",
+            Scenario::CellsVsShared => "cells-vs-shared",
             Scenario::All => "all",
         }
     }
@@ -66,9 +68,17 @@ struct Args {
     /// Seconds per load phase, overriding each scenario's default.
     #[arg(long)]
     duration: Option<u64>,
+    /// Offered rate of `burst` in requests/s (default 10,000).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Server binary (default: target/release/honeycell, built if missing).
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Extra `KEY=VALUE` environment of every server the bench starts,
+    /// applied after the scenario's own (e.g.
+    /// `HONEYCELL_STORAGE__DURABILITY=interval`); repeatable.
+    #[arg(long = "server-env", value_name = "KEY=VALUE")]
+    server_env: Vec<String>,
     /// Use a running server instead: `HTTP_URL,FLIGHT_URL` on 127.0.0.1, with
     /// its HS256 secret in HONEYCELL_JWT_SECRET.
     #[arg(long)]
@@ -77,12 +87,14 @@ struct Args {
 
 async fn run_one(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<PathBuf> {
     let mut rep = Report::new(scenario.name(), &ctx.command)?;
+    rep.line(&format!("\nServer: {}", ctx.launcher.provenance()));
     let result = match scenario {
         Scenario::FlightVsJson => scenarios::flight_vs_json::run(ctx, &mut rep).await,
         Scenario::Ingest => scenarios::ingest::run(ctx, &mut rep).await,
         Scenario::Burst => scenarios::burst::run(ctx, &mut rep).await,
         Scenario::Overload => scenarios::overload::run(ctx, &mut rep).await,
         Scenario::Scaling => scenarios::scaling::run(ctx, &mut rep).await,
+        Scenario::CellsVsShared => scenarios::cells_vs_shared::run(ctx, &mut rep).await,
         Scenario::All => bail!("`all` is not a single scenario"),
     };
     if let Err(e) = &result {
@@ -96,7 +108,16 @@ async fn run_one(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let launcher = Launcher::new(args.target.as_deref(), args.bin.as_deref())?;
+    let extra = args
+        .server_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--server-env {kv:?}: expected KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let launcher = Launcher::new(args.target.as_deref(), args.bin.as_deref(), extra)?;
     let ctx = Ctx {
         launcher,
         quick: args.quick,
@@ -108,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         },
         cells: args.cells.max(1),
         duration: args.duration,
+        rate: args.rate,
         command: format!(
             "cargo run -p honeycell-bench --release -- {}",
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
@@ -123,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Burst,
             Scenario::Overload,
             Scenario::Scaling,
+            Scenario::CellsVsShared,
         ]
     } else {
         vec![args.scenario]

@@ -27,9 +27,10 @@ impl Report {
             .join(format!("{scenario}-{stamp}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let md = format!(
-            "# {scenario} — {}\n\nCommand: `{command}`\n\nMachine: {}\n",
+            "# {scenario} — {}\n\nCommand: `{command}`\n\nMachine: {}; load average at start: {}\n",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-            machine()
+            machine(),
+            loadavg()
         );
         Ok(Report {
             scenario: scenario.to_owned(),
@@ -49,7 +50,8 @@ impl Report {
     }
 
     /// Writes report.md and raw.json; returns the report's directory.
-    pub fn finish(&self) -> anyhow::Result<&Path> {
+    pub fn finish(&mut self) -> anyhow::Result<&Path> {
+        self.line(&format!("\nLoad average at the end: {}", loadavg()));
         std::fs::write(self.dir.join("report.md"), &self.md)?;
         std::fs::write(
             self.dir.join("raw.json"),
@@ -94,6 +96,14 @@ impl Report {
             Err(e) => self.line(&format!("\n(plot {file} failed: {e})\n")),
         }
     }
+}
+
+/// The 1-, 5- and 15-minute load averages (other work on the machine shows
+/// here).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
 }
 
 /// CPU model, cores and memory of this machine.

@@ -25,14 +25,19 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// Where the bench gets its server from.
 #[derive(Clone, Debug)]
 pub enum Launcher {
-    /// Start this binary for every server a scenario needs.
-    Binary(PathBuf),
+    /// Start this binary for every server a scenario needs, with these
+    /// extra `HONEYCELL_*` variables (`--server-env`, applied last).
+    Binary {
+        bin: PathBuf,
+        extra: Vec<(String, String)>,
+    },
     /// Use a running server: HTTP and Flight base URLs, and the HS256 secret
     /// it verifies tokens with.
     Target {
@@ -46,7 +51,11 @@ impl Launcher {
     /// `--target http://127.0.0.1:8000,http://127.0.0.1:8815` (HTTP URL, then
     /// Flight URL; the secret comes from `HONEYCELL_JWT_SECRET`), else the
     /// binary (built with `cargo build --release` when missing and not given).
-    pub fn new(target: Option<&str>, bin: Option<&Path>) -> anyhow::Result<Launcher> {
+    pub fn new(
+        target: Option<&str>,
+        bin: Option<&Path>,
+        extra: Vec<(String, String)>,
+    ) -> anyhow::Result<Launcher> {
         if let Some(t) = target {
             let (http, flight) = t
                 .split_once(',')
@@ -71,7 +80,10 @@ impl Launcher {
             });
         }
         if let Some(b) = bin {
-            return Ok(Launcher::Binary(b.to_path_buf()));
+            return Ok(Launcher::Binary {
+                bin: b.to_path_buf(),
+                extra,
+            });
         }
         let bin = workspace().join("target/release/honeycell");
         if !bin.exists() {
@@ -92,7 +104,51 @@ impl Launcher {
                 bail!("building the release server failed");
             }
         }
-        Ok(Launcher::Binary(bin))
+        if let Some(newer) = newer_source_than(&bin) {
+            eprintln!(
+                "warning: {} is older than {}; rebuild it (cargo build --release -p honeycell) to bench the current code",
+                bin.display(),
+                newer.display()
+            );
+        }
+        Ok(Launcher::Binary { bin, extra })
+    }
+
+    /// Where the server came from, for the report: the binary, its build
+    /// time and the git commit of the work tree.
+    pub fn provenance(&self) -> String {
+        match self {
+            Launcher::Target { http, .. } => format!("running server at {http} (`--target`)"),
+            Launcher::Binary { bin, extra } => {
+                let built = std::fs::metadata(bin)
+                    .and_then(|m| m.modified())
+                    .map(|t| {
+                        chrono::DateTime::<chrono::Utc>::from(t)
+                            .format("%Y-%m-%d %H:%M UTC")
+                            .to_string()
+                    })
+                    .unwrap_or_else(|_| "unknown".into());
+                let head = Command::new("git")
+                    .args(["rev-parse", "--short", "HEAD"])
+                    .current_dir(workspace())
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default();
+                let stale = newer_source_than(bin)
+                    .map(|p| format!(" — **older than {}**", p.display()))
+                    .unwrap_or_default();
+                let env = if extra.is_empty() {
+                    String::new()
+                } else {
+                    let kv: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("; extra server env: `{}`", kv.join(" "))
+                };
+                format!(
+                    "`{}` built {built}{stale}; work tree at commit {head}{env}",
+                    bin.display()
+                )
+            }
+        }
     }
 
     pub fn is_target(&self) -> bool {
@@ -120,9 +176,46 @@ impl Launcher {
                     signer: Signer::new(&jwt)?,
                 })
             }
-            Launcher::Binary(bin) => spawn(bin, cells, env).await,
+            Launcher::Binary { bin, extra } => {
+                let mut all: Vec<(&str, String)> = env.to_vec();
+                all.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                spawn(bin, cells, &all).await
+            }
         }
     }
+}
+
+/// A server source file newer than `bin`, if any (the crates the binary is
+/// built from).
+fn newer_source_than(bin: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let root = workspace();
+    let mut stack: Vec<PathBuf> = [
+        "types", "router", "storage", "auth", "cell", "api", "flight", "server",
+    ]
+    .iter()
+    .map(|c| root.join(c).join("src"))
+    .collect();
+    // Bounded walk: these trees hold tens of files.
+    for _ in 0..10_000 {
+        let dir = stack.pop()?;
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > built)
+            {
+                return Some(p);
+            }
+        }
+    }
+    None
 }
 
 /// A running server (killed on drop when the bench started it).
@@ -287,7 +380,29 @@ pub fn reset_peak_of(pid: u32) {
 
 /// utime + stime of a process from /proc/<pid>/stat, in seconds.
 pub fn cpu_secs_of(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds of each thread of a process, by thread name (`cell-0`, …).
+pub fn thread_cpu_of(pid: u32) -> Vec<(String, f64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let p = e.path();
+        let name = std::fs::read_to_string(p.join("comm"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        if let Some(cpu) = stat_cpu_secs(&p.join("stat").to_string_lossy()) {
+            out.push((name, cpu));
+        }
+    }
+    out
+}
+
+fn stat_cpu_secs(path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised command name; utime and stime are
     // fields 14 and 15 of the whole line.
     let rest = text.rsplit_once(')')?.1;
@@ -317,12 +432,14 @@ pub fn self_cpu_secs() -> f64 {
 }
 
 /// Resource use of a server over a phase: CPU seconds and peak RSS.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Usage {
     pub wall: f64,
     pub server_cpu: Option<f64>,
     pub bench_cpu: f64,
     pub server_peak_rss: Option<u64>,
+    /// Cores used by each server thread over the phase, busiest first.
+    pub threads: Vec<(String, f64)>,
 }
 
 impl Usage {
@@ -332,6 +449,28 @@ impl Usage {
     pub fn bench_cores(&self) -> f64 {
         self.bench_cpu / self.wall.max(1e-9)
     }
+
+    /// The busiest server threads, as "name 0.93, …".
+    pub fn threads_note(&self, n: usize) -> String {
+        if self.threads.is_empty() {
+            return "n/a".into();
+        }
+        self.threads
+            .iter()
+            .take(n)
+            .map(|(name, c)| format!("{name} {c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The busiest `cell-N` thread (not its io thread) and its cores.
+    pub fn busiest_cell(&self) -> Option<(String, f64)> {
+        self.threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("cell-") && !n.ends_with("-io"))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .cloned()
+    }
 }
 
 /// Measures CPU and peak memory of the server and the bench over a phase.
@@ -340,6 +479,7 @@ pub struct Meter<'a> {
     started: Instant,
     server_cpu: Option<f64>,
     bench_cpu: f64,
+    threads: Vec<(String, f64)>,
 }
 
 impl<'a> Meter<'a> {
@@ -350,12 +490,31 @@ impl<'a> Meter<'a> {
             started: Instant::now(),
             server_cpu: server.cpu_secs(),
             bench_cpu: self_cpu_secs(),
+            threads: server.pid().map(thread_cpu_of).unwrap_or_default(),
         }
     }
 
     pub fn stop(self) -> Usage {
+        let wall = self.started.elapsed().as_secs_f64();
+        let mut threads: Vec<(String, f64)> = self
+            .server
+            .pid()
+            .map(thread_cpu_of)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, now)| {
+                let before = self
+                    .threads
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(0.0, |(_, c)| *c);
+                (name, (now - before) / wall.max(1e-9))
+            })
+            .collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
         Usage {
-            wall: self.started.elapsed().as_secs_f64(),
+            wall,
+            threads,
             server_cpu: match (self.server.cpu_secs(), self.server_cpu) {
                 (Some(b), Some(a)) => Some(b - a),
                 _ => None,

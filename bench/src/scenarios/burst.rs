@@ -26,6 +26,7 @@ const LABELS: [&str; 3] = [
 
 pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let duration = ctx.secs(60, 10);
+    let rate = ctx.rate.unwrap_or(RATE);
     let env = [
         ("HONEYCELL_RATE_LIMITING__ENABLED", "true".to_owned()),
         ("HONEYCELL_RATE_LIMITING__ORG_MAX_QPS", ORG_QPS.to_string()),
@@ -40,11 +41,11 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     ];
     rep.line(&format!(
         "\n{} requests/s, open loop, for {} s on a {}-cell server: {} orgs (one token each, minted with honeycell-auth's Signer), each org picked per request by a hash, so each sends ≈{:.0} req/s. Mix: 70 % `POST /v1/events` of 1–10 events, 25 % `GET /v1/events?entity_type=order&limit=50`, 5 % GraphQL `eventCounts(groupBy: ENTITY_TYPE, bucket: HOUR)`. Rate limits on: `org_max_qps = client_max_qps = {ORG_QPS}` (reads and writes have separate buckets), `global_max_qps = 100000`, so every org stays within quota. Every org holds 100 events before the run. Latency is from the scheduled send time.\n",
-        thousands(RATE),
+        thousands(rate),
         duration.as_secs(),
         ctx.cells,
         ORGS,
-        RATE / ORGS as f64
+        rate / ORGS as f64
     ));
     if let Some(n) = ctx.target_note() {
         rep.line(n);
@@ -82,7 +83,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         "query": "{ eventCounts(groupBy: ENTITY_TYPE, bucket: HOUR) { key bucketStart count } }"
     }))?;
     let meter = Meter::start(&server);
-    let run = load::open_loop(&LABELS, RATE, duration, 4096, "burst", |i| {
+    let run = load::open_loop(&LABELS, rate, duration, 4096, "burst", |i| {
         let h = mix(i);
         let org = (mix(i ^ 0x5bd1_e995) % ORGS) as usize;
         let token = tokens[org].clone();
@@ -90,7 +91,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         let pick = h % 100;
         let fut: futures::future::BoxFuture<'static, load::Outcome> = if pick < 70 {
             let body = bodies[((h >> 8) % 80) as usize].clone();
-            let n = ((h >> 8) % 80 % 10 + 1) as u64;
+            let n = (h >> 8) % 80 % 10 + 1;
             Box::pin(post_events(client, ingest_url.clone(), token, body, 0, n))
         } else if pick < 95 {
             Box::pin(get(client, query_url.clone(), token, 1))
@@ -113,7 +114,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let p99 = total.ms(0.99);
     rep.line("\n## Result\n");
     rep.line(&format!(
-        "- errors: **{errors}** (goal 0; {} non-2xx/429 answers, {} transport failures)\n- 429s: **{}** (goal 0)\n- latency of all requests: p50 {:.2} ms, p99 **{:.2} ms** (goal < 10 ms: {}), p99.9 {:.2} ms, max {:.1} ms\n- achieved: {} ok requests/s of {} offered ({} events ingested)\n- generator: {}\n- CPU: server {} cores, load generator {:.2} cores (of {} on the machine); server peak RSS {} MB",
+        "- errors: **{errors}** (goal 0; {} non-2xx/429 answers, {} transport failures)\n- 429s: **{}** (goal 0)\n- latency of all requests: p50 {:.2} ms, p99 **{:.2} ms** (goal < 10 ms: {}), p99.9 {:.2} ms, max {:.1} ms\n- achieved: {} ok requests/s of {} offered ({} events ingested)\n- generator: {}\n- CPU: server {} cores (busiest threads: {}), load generator {:.2} cores (of {} on the machine); server peak RSS {} MB",
         total.errors,
         total.transport_errors,
         total.http_429,
@@ -123,12 +124,13 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         total.ms(0.999),
         total.ok.max() as f64 / 1000.0,
         thousands(run.ok_per_sec()),
-        thousands(RATE),
+        thousands(rate),
         thousands(run.classes[0].items as f64),
         run.generator_note(),
         usage
             .server_cores()
             .map_or_else(|| "n/a".into(), |c| format!("{c:.2}")),
+        usage.threads_note(4),
         usage.bench_cores(),
         std::thread::available_parallelism().map_or(1, usize::from),
         mb(usage.server_peak_rss),
@@ -157,6 +159,6 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         "burst: completed requests per second",
         &tp,
     );
-    rep.push_raw(json!({"run": run_json(&run), "server_cores": usage.server_cores(), "bench_cores": usage.bench_cores(), "server_peak_rss": usage.server_peak_rss}));
+    rep.push_raw(json!({"run": run_json(&run), "server_cores": usage.server_cores(), "server_threads": usage.threads, "bench_cores": usage.bench_cores(), "server_peak_rss": usage.server_peak_rss}));
     Ok(())
 }

@@ -422,6 +422,19 @@ async fn peer(
         .prefix("honeycell-bench-roapi-")
         .tempdir()?;
     let batches = fetch_batches(server, token).await?;
+    // The client's own floor: hashing every event id of batches already in
+    // memory, which every path above pays on top of the transfer.
+    let t = Instant::now();
+    let mut floor = Seen::default();
+    for b in &batches {
+        add_batch(&mut floor, b)?;
+    }
+    let floor_s = t.elapsed().as_secs_f64();
+    rep.line(&format!(
+        "Client floor: hashing the {} event ids of batches already in memory takes {floor_s:.3} s ({} rows/s); every Arrow path above and below pays it on top of the transfer, so it caps the ratios that this method can show.\n",
+        thousands(n as f64),
+        thousands(n as f64 / floor_s)
+    ));
     let parquet = match write_parquet(&batches, dir.path()) {
         Ok(p) => p,
         Err(e) => {
@@ -508,10 +521,13 @@ async fn peer(
     let best_json = peer_rate("ROAPI REST JSON").max(peer_rate("ROAPI SQL-over-HTTP JSON"));
     let cmp = |a: f64, b: f64, goal: f64| {
         let r = a / b;
-        format!("{r:.2}x ({})", if r >= goal { "meets" } else { "MISSES" })
+        format!(
+            "{r:.2}x (goal ≥ {goal}x: {})",
+            if r >= goal { "met" } else { "MISSED" }
+        )
     };
     rep.line(&format!(
-        "\nRatios (rows/s, same run): Honeycell DoGet / ROAPI Flight SQL = {}; Honeycell Flight SQL / ROAPI Flight SQL = {} (goal ≥ 2x); Honeycell HTTP JSON / ROAPI best JSON = {}; Honeycell GraphQL / ROAPI best JSON = {} (goal for JSON ≥ 1x).",
+        "\nRatios (rows/s, same run): Honeycell DoGet / ROAPI Flight SQL = {}; Honeycell Flight SQL / ROAPI Flight SQL = {}; Honeycell HTTP JSON / ROAPI best JSON = {}; Honeycell GraphQL / ROAPI best JSON = {}.",
         cmp(rate("Flight DoGet"), peer_rate("ROAPI Flight SQL"), 2.0),
         cmp(rate("Flight SQL"), peer_rate("ROAPI Flight SQL"), 2.0),
         cmp(rate("HTTP JSON"), best_json, 1.0),

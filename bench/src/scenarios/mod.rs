@@ -2,6 +2,7 @@
 //! that turn an answer into a [`load::Outcome`], and Flight helpers.
 
 pub mod burst;
+pub mod cells_vs_shared;
 pub mod flight_vs_json;
 pub mod ingest;
 pub mod overload;
@@ -34,6 +35,8 @@ pub struct Ctx {
     pub cells: usize,
     /// Seconds per load phase, overriding the scenario's default.
     pub duration: Option<u64>,
+    /// Offered rate of `burst`, overriding 10,000 req/s.
+    pub rate: Option<f64>,
     /// The command line, for the report.
     pub command: String,
 }
@@ -344,4 +347,24 @@ pub fn thousands(x: f64) -> String {
         out.push(c);
     }
     if x < 0.0 { format!("-{out}") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(-1000.0), "-1,000");
+        assert_eq!(thousands(f64::NAN), "n/a");
+    }
+
+    #[test]
+    fn median_of_odd_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert!(median(vec![]).is_nan());
+    }
 }

@@ -113,31 +113,24 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
                 if flood { "flood" } else { "baseline" },
                 r + 1
             );
-            let neighbours = load::open_loop(
-                &LABELS,
-                calm_rate,
-                duration,
-                1024,
-                &msg,
-                |i| {
-                    let (cell, token) = calm[(i % calm.len() as u64) as usize].clone();
-                    let client = client.clone();
-                    let fut: futures::future::BoxFuture<'static, load::Outcome> =
-                        if (i / calm.len() as u64) % 2 == 0 {
-                            Box::pin(post_events(
-                                client,
-                                ingest_url.clone(),
-                                token,
-                                small.clone(),
-                                cell,
-                                5,
-                            ))
-                        } else {
-                            Box::pin(get(client, query_url.clone(), token, cell))
-                        };
-                    fut
-                },
-            );
+            let neighbours = load::open_loop(&LABELS, calm_rate, duration, 1024, &msg, |i| {
+                let (cell, token) = calm[(i % calm.len() as u64) as usize].clone();
+                let client = client.clone();
+                let fut: futures::future::BoxFuture<'static, load::Outcome> =
+                    if (i / calm.len() as u64).is_multiple_of(2) {
+                        Box::pin(post_events(
+                            client,
+                            ingest_url.clone(),
+                            token,
+                            small.clone(),
+                            cell,
+                            5,
+                        ))
+                    } else {
+                        Box::pin(get(client, query_url.clone(), token, cell))
+                    };
+                fut
+            });
             let flood_run = async {
                 if !flood {
                     return None;
@@ -210,7 +203,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let flood_secs = duration.as_secs_f64() * runs as f64;
     rep.line("\n## Result\n");
     rep.line(&format!(
-        "- flooder: {} requests answered, **{f429} × 429**, of which **{f429_ra} carried `Retry-After`** ({}); {} accepted ({:.0}/s against a quota of {ORG_QPS}/s plus the initial burst), {f_err} other errors\n- neighbours: {calm_errors} errors and {calm_429} 429s in all phases (goal 0)\n- neighbours' p99, same cell as the flooder: baseline {base_same:.2} ms → flood {flood_same:.2} ms (**{:+.1} %**, goal < +10 %: {})\n- neighbours' p99, other cell: baseline {base_other:.2} ms → flood {flood_other:.2} ms (**{:+.1} %**, goal within noise)\n- server peak RSS: baseline {} MB, flood {} MB (bounded: {})",
+        "- flooder: {} requests answered, **{f429} × 429**, of which **{f429_ra} carried `Retry-After`** ({}); {} accepted ({:.0}/s against a quota of {ORG_QPS}/s plus the initial burst), {f_err} other errors\n- neighbours: {calm_errors} errors and {calm_429} 429s in all phases (goal 0)\n- neighbours' p99, same cell as the flooder: baseline {base_same:.2} ms → flood {flood_same:.2} ms (**{:+.1} %**, goal < +10 %: {})\n- neighbours' p99, other cell: baseline {base_other:.2} ms → flood {flood_other:.2} ms (**{:+.1} %**, goal within noise)\n- same-cell change minus other-cell change: **{:+.1} points** (what the flood costs a neighbour for sharing the flooder's cell, beyond what it costs everyone on this shared 2-core machine: the flooder's generator and its 429s use the same cores)\n- server peak RSS: baseline {} MB, flood {} MB (bounded: {})",
         thousands(f_sent as f64),
         if f429 == f429_ra { "every one" } else { "NOT every one" },
         thousands(f_ok as f64),
@@ -218,6 +211,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         pct(flood_same, base_same),
         if pct(flood_same, base_same) < 10.0 { "met" } else { "MISSED" },
         pct(flood_other, base_other),
+        pct(flood_same, base_same) - pct(flood_other, base_other),
         mb(peak(false)),
         mb(peak(true)),
         match (peak(false), peak(true)) {

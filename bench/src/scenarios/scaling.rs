@@ -24,9 +24,12 @@ struct Step {
     ok_per_s: f64,
     p50: f64,
     p99: f64,
+    /// p99 of the writes and of the reads.
+    p99_class: [f64; 2],
     errors: u64,
     dropped: u64,
     server_cores: Option<f64>,
+    busiest_cell: Option<(String, f64)>,
     bench_cores: f64,
     sustained: bool,
 }
@@ -34,10 +37,11 @@ struct Step {
 pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let step_d = ctx.secs(10, 3);
     let rates: Vec<f64> = if ctx.quick {
-        vec![1000.0, 2000.0, 4000.0, 8000.0]
+        vec![2000.0, 4000.0, 6000.0, 8000.0, 10_000.0, 12_000.0]
     } else {
         vec![
-            1000.0, 2000.0, 4000.0, 6000.0, 8000.0, 10_000.0, 12_000.0, 16_000.0, 20_000.0,
+            1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0, 9000.0, 10_000.0,
+            12_000.0, 14_000.0, 16_000.0,
         ]
     };
     rep.line(&format!(
@@ -52,7 +56,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let mut plot_p99 = Vec::new();
     let mut plot_cpu = Vec::new();
     let mut table = String::from(
-        "| cells | offered req/s | ok req/s | p50 ms | p99 ms | errors | dropped by generator | server CPU (cores) | generator CPU (cores) | sustained |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| cells | offered req/s | ok req/s | p50 ms | p99 ms | p99 POST ms | p99 GET ms | errors | dropped by generator | server CPU (cores) | busiest cell thread (cores) | generator CPU (cores) | sustained |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|\n",
     );
     for cells in [1usize, 2] {
         let server = ctx.launcher.start(cells, &[]).await?;
@@ -91,7 +95,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
                     let token = tokens[(h % ORGS) as usize].clone();
                     let client = client.clone();
                     let fut: futures::future::BoxFuture<'static, load::Outcome> =
-                        if (h >> 32) % 2 == 0 {
+                        if (h >> 32).is_multiple_of(2) {
                             Box::pin(post_events(
                                 client,
                                 ingest_url.clone(),
@@ -114,15 +118,17 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             let p99 = t.ms(0.99);
             let sustained =
                 errors == 0 && run.dropped == 0 && ok_per_s >= 0.95 * rate && p99 < P99_MS;
-            rep.push_raw(json!({"cells": cells, "rate": rate, "run": run_json(&run), "server_cores": usage.server_cores(), "bench_cores": usage.bench_cores(), "sustained": sustained}));
+            rep.push_raw(json!({"cells": cells, "rate": rate, "run": run_json(&run), "server_cores": usage.server_cores(), "server_threads": usage.threads, "bench_cores": usage.bench_cores(), "sustained": sustained}));
             steps.push(Step {
                 rate,
                 ok_per_s,
                 p50: t.ms(0.5),
                 p99,
+                p99_class: [run.classes[0].ms(0.99), run.classes[1].ms(0.99)],
                 errors,
                 dropped: run.dropped,
                 server_cores: usage.server_cores(),
+                busiest_cell: usage.busiest_cell(),
                 bench_cores: usage.bench_cores(),
                 sustained,
             });
@@ -132,15 +138,20 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         }
         for s in &steps {
             table.push_str(&format!(
-                "| {cells} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {:.2} | {} |\n",
+                "| {cells} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.2} | {} |\n",
                 thousands(s.rate),
                 thousands(s.ok_per_s),
                 s.p50,
                 s.p99,
+                s.p99_class[0],
+                s.p99_class[1],
                 s.errors,
                 s.dropped,
                 s.server_cores
                     .map_or_else(|| "n/a".into(), |c| format!("{c:.2}")),
+                s.busiest_cell
+                    .as_ref()
+                    .map_or_else(|| "n/a".into(), |(n, c)| format!("{n}: {c:.2}")),
                 s.bench_cores,
                 if s.sustained { "yes" } else { "no" }
             ));
