@@ -188,10 +188,17 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             Some((None, b)) => format!(" (generator {b:.2} cores at that rate)"),
             None => String::new(),
         };
-        rep.line(&format!(
-            "- {cells} cell(s): max sustained **{} req/s**{cpu_note}",
-            thousands(*max)
-        ));
+        if *max > 0.0 {
+            rep.line(&format!(
+                "- {cells} cell(s): max sustained **{} req/s**{cpu_note}",
+                thousands(*max)
+            ));
+        } else {
+            rep.line(&format!(
+                "- {cells} cell(s): **no rate sustained**, not even the lowest tried ({} req/s): see the table and the load average",
+                thousands(rates.first().copied().unwrap_or(0.0))
+            ));
+        }
     }
     if let [(_, one, _), (_, two, _)] = best.as_slice()
         && *one > 0.0
