@@ -281,6 +281,7 @@ impl IoThread {
                 touched.push(ack.org.clone());
             }
         }
+        let mut to_sync: Vec<OrgId> = Vec::new();
         for org in &touched {
             let Some(o) = self.orgs.get_mut(org) else {
                 continue;
@@ -300,23 +301,42 @@ impl IoThread {
             }
             o.publish_wal_bytes();
             match self.durability {
-                Durability::Fsync => {
-                    self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = o.active.sync_data() {
-                        // After a failed fsync the kernel may have dropped the
-                        // dirty pages: nothing written since can be trusted.
-                        tracing::error!(org = %org, path = %path.display(), error = %e, "WAL fsync failed; org refuses writes until restart");
-                        o.failed = Some(format!("WAL fsync of {} failed: {e}", path.display()));
-                        continue;
-                    }
-                }
+                Durability::Fsync => to_sync.push(org.clone()),
                 Durability::Interval(every) => {
                     o.dirty = true;
                     self.next_sync.get_or_insert_with(|| Instant::now() + every);
+                    o.written_end = o.staged_end;
+                    o.shared.durable_end.store(o.written_end, Ordering::Release);
                 }
             }
-            o.written_end = o.staged_end;
-            o.shared.durable_end.store(o.written_end, Ordering::Release);
+        }
+        // The fsyncs of different orgs' files run concurrently: one after
+        // the other, a commit touching k orgs would wait k fsync latencies.
+        let synced = {
+            let files: Vec<(&OrgId, &File)> = to_sync
+                .iter()
+                .filter_map(|org| self.orgs.get(org).map(|o| (org, &o.active)))
+                .collect();
+            sync_all(&files)
+        };
+        for (org, result) in synced {
+            let Some(o) = self.orgs.get_mut(&org) else {
+                continue;
+            };
+            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(()) => {
+                    o.written_end = o.staged_end;
+                    o.shared.durable_end.store(o.written_end, Ordering::Release);
+                }
+                Err(e) => {
+                    // After a failed fsync the kernel may have dropped the
+                    // dirty pages: nothing written since can be trusted.
+                    let path = o.active_path();
+                    tracing::error!(org = %org, path = %path.display(), error = %e, "WAL fsync failed; org refuses writes until restart");
+                    o.failed = Some(format!("WAL fsync of {} failed: {e}", path.display()));
+                }
+            }
         }
         for ack in acks {
             self.counters.queued_writes.fetch_sub(1, Ordering::AcqRel);
@@ -834,4 +854,49 @@ fn recover(data_dir: &Path, org: &OrgId) -> Result<(OrgIo, Recovered)> {
             shared,
         },
     ))
+}
+
+/// Most threads used to fsync one commit's files at once.
+const SYNC_THREADS: usize = 8;
+
+/// `fdatasync`s every file, concurrently when there are several, and
+/// returns each org's result.
+fn sync_all(files: &[(&OrgId, &File)]) -> Vec<(OrgId, std::io::Result<()>)> {
+    if files.len() <= 1 {
+        return files
+            .iter()
+            .map(|(org, f)| ((*org).clone(), f.sync_data()))
+            .collect();
+    }
+    let per_thread = files.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(org, f)| ((*org).clone(), f.sync_data()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(files.chunks(per_thread))
+            .flat_map(|(h, chunk)| {
+                h.join().unwrap_or_else(|_| {
+                    chunk
+                        .iter()
+                        .map(|(org, _)| {
+                            (
+                                (*org).clone(),
+                                Err(std::io::Error::other("fsync thread panicked")),
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    })
 }
