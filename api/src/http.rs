@@ -202,14 +202,16 @@ pub async fn get_events(
         .is_some_and(|a| a.contains(ARROW_STREAM));
     // The page's batches are views of the snapshot (no copy); they are
     // encoded slice by slice as the client reads, so the server never holds
-    // the whole encoded answer.
+    // the whole encoded answer. Arrow messages carry a fixed cost each, so
+    // they take bigger slices than JSON chunks.
+    let rows = if wants_arrow { ARROW_ROWS } else { JSON_ROWS };
     let slices: Vec<RecordBatch> = page
         .batches
         .iter()
         .flat_map(|b| {
             (0..b.num_rows())
-                .step_by(ENCODE_ROWS)
-                .map(move |start| b.slice(start, ENCODE_ROWS.min(b.num_rows() - start)))
+                .step_by(rows)
+                .map(move |start| b.slice(start, rows.min(b.num_rows() - start)))
         })
         .collect();
     let mut resp = if wants_arrow {
@@ -235,8 +237,9 @@ pub async fn get_events(
     Ok(resp)
 }
 
-/// Rows encoded per body chunk.
-const ENCODE_ROWS: usize = 1024;
+/// Rows encoded per body chunk: JSON (≈300 KB) and Arrow IPC messages.
+const JSON_ROWS: usize = 1024;
+const ARROW_ROWS: usize = 16_384;
 
 /// `{"events":[…],"next_cursor":…}`, one chunk per slice, encoded lazily.
 fn json_stream(
