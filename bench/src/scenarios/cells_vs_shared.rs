@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{Ctx, events_body, get, http_client, median, mix, post_events, thousands};
+use super::{Ctx, events_body, get, http_client, median, mix, post_events, seeded_orgs, thousands};
 use crate::load;
 use crate::report::{Report, run_json};
 use crate::server::Meter;
@@ -65,27 +65,9 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             ];
             let server = ctx.launcher.start(cells, &env).await?;
             let client = http_client()?;
-            let tokens: Arc<Vec<Arc<str>>> = Arc::new(
-                (0..ORGS)
-                    .map(|i| server.token(&format!("cvs-{i}")).map(Arc::from))
-                    .collect::<anyhow::Result<_>>()?,
-            );
+            let tokens = Arc::new(seeded_orgs(&server, &client, "cvs", ORGS).await?);
             let ingest_url: Arc<str> = format!("{}/v1/events", server.http).into();
             let query_url: Arc<str> = format!("{}/v1/events?limit=10", server.http).into();
-            for (i, t) in tokens.iter().enumerate() {
-                let o = post_events(
-                    client.clone(),
-                    ingest_url.clone(),
-                    t.clone(),
-                    events_body(100, i as u64),
-                    0,
-                    100,
-                )
-                .await;
-                if o.status != Some(200) {
-                    anyhow::bail!("seeding org cvs-{i} ({mode}) answered {:?}", o.status);
-                }
-            }
             let body: Arc<Vec<u8>> = Arc::new(events_body(1, 3));
             let make = {
                 let (tokens, client, ingest_url, query_url, body) = (

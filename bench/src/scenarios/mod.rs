@@ -163,6 +163,35 @@ pub async fn post_events(
     outcome(class, items, false, r).await
 }
 
+/// Tokens for the orgs `{prefix}-0` .. `{prefix}-{n-1}`, each seeded with
+/// 100 events through `POST /v1/events` so that reads have data.
+pub async fn seeded_orgs(
+    server: &Server,
+    client: &reqwest::Client,
+    prefix: &str,
+    n: u64,
+) -> anyhow::Result<Vec<Arc<str>>> {
+    let url: Arc<str> = format!("{}/v1/events", server.http).into();
+    let mut tokens = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let token: Arc<str> = server.token(&format!("{prefix}-{i}"))?.into();
+        let o = post_events(
+            client.clone(),
+            url.clone(),
+            token.clone(),
+            events_body(100, i),
+            0,
+            100,
+        )
+        .await;
+        if o.status != Some(200) {
+            bail!("seeding org {prefix}-{i} answered {:?}", o.status);
+        }
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
 /// A GET with the bearer token.
 pub async fn get(client: reqwest::Client, url: String, token: Arc<str>, class: usize) -> Outcome {
     let r = client.get(url).bearer_auth(&*token).send().await;

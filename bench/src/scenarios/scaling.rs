@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{Ctx, events_body, get, http_client, mix, post_events, thousands};
+use super::{Ctx, events_body, get, http_client, mix, post_events, seeded_orgs, thousands};
 use crate::load;
 use crate::report::{Report, run_json};
 use crate::server::Meter;
@@ -61,25 +61,9 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     for cells in [1usize, 2] {
         let server = ctx.launcher.start(cells, &[]).await?;
         let client = http_client()?;
-        let tokens: Vec<Arc<str>> = (0..ORGS)
-            .map(|i| server.token(&format!("scale-{i}")).map(Arc::from))
-            .collect::<anyhow::Result<_>>()?;
+        let tokens = seeded_orgs(&server, &client, "scale", ORGS).await?;
         let ingest_url: Arc<str> = format!("{}/v1/events", server.http).into();
         let query_url = format!("{}/v1/events?limit=10", server.http);
-        for (i, t) in tokens.iter().enumerate() {
-            let o = post_events(
-                client.clone(),
-                ingest_url.clone(),
-                t.clone(),
-                events_body(100, i as u64),
-                0,
-                100,
-            )
-            .await;
-            if o.status != Some(200) {
-                anyhow::bail!("seeding org scale-{i} answered {:?}", o.status);
-            }
-        }
         let body = events_body(1, 3);
         let mut steps = Vec::new();
         for &rate in &rates {
