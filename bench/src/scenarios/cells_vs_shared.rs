@@ -8,11 +8,9 @@
 //! throughput per core of server CPU actually used), and an open-loop run at
 //! a fixed rate below saturation (latency from the scheduled send time).
 
-use std::sync::Arc;
-
 use serde_json::json;
 
-use super::{Ctx, events_body, get, http_client, median, mix, post_events, seeded_orgs, thousands};
+use super::{Ctx, ReadWriteMix, http_client, median, seeded_orgs, thousands};
 use crate::load;
 use crate::report::{Report, run_json};
 use crate::server::Meter;
@@ -65,38 +63,9 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             ];
             let server = ctx.launcher.start(cells, &env).await?;
             let client = http_client()?;
-            let tokens = Arc::new(seeded_orgs(&server, &client, "cvs", ORGS).await?);
-            let ingest_url: Arc<str> = format!("{}/v1/events", server.http).into();
-            let query_url: Arc<str> = format!("{}/v1/events?limit=10", server.http).into();
-            let body: Arc<Vec<u8>> = Arc::new(events_body(1, 3));
-            let make = {
-                let (tokens, client, ingest_url, query_url, body) = (
-                    tokens.clone(),
-                    client.clone(),
-                    ingest_url.clone(),
-                    query_url.clone(),
-                    body.clone(),
-                );
-                move |i: u64| {
-                    let h = mix(i);
-                    let token = tokens[(h % ORGS) as usize].clone();
-                    let client = client.clone();
-                    let fut: futures::future::BoxFuture<'static, load::Outcome> =
-                        if (h >> 32).is_multiple_of(2) {
-                            Box::pin(post_events(
-                                client,
-                                ingest_url.clone(),
-                                token,
-                                (*body).clone(),
-                                0,
-                                1,
-                            ))
-                        } else {
-                            Box::pin(get(client, query_url.to_string(), token, 1))
-                        };
-                    fut
-                }
-            };
+            let tokens = seeded_orgs(&server, &client, "cvs", ORGS).await?;
+            let workload = ReadWriteMix::new(&server, client, tokens);
+            let make = move |i: u64| workload.request(i);
             let meter = Meter::start(&server);
             let sat = load::closed_loop(&LABELS, 64, sat_d, u64::MAX, make.clone()).await;
             let sat_usage = meter.stop();

@@ -192,6 +192,49 @@ pub async fn seeded_orgs(
     Ok(tokens)
 }
 
+/// The half-write, half-read workload of `scaling` and `cells-vs-shared`:
+/// request `i` is, by a hash of `i`, a 1-event `POST /v1/events` (class 0)
+/// or a `GET /v1/events?limit=10` (class 1) for one of the orgs.
+#[derive(Clone)]
+pub struct ReadWriteMix {
+    tokens: Arc<Vec<Arc<str>>>,
+    client: reqwest::Client,
+    ingest_url: Arc<str>,
+    query_url: Arc<str>,
+    body: Arc<Vec<u8>>,
+}
+
+impl ReadWriteMix {
+    pub fn new(server: &Server, client: reqwest::Client, tokens: Vec<Arc<str>>) -> Self {
+        Self {
+            tokens: Arc::new(tokens),
+            client,
+            ingest_url: format!("{}/v1/events", server.http).into(),
+            query_url: format!("{}/v1/events?limit=10", server.http).into(),
+            body: Arc::new(events_body(1, 3)),
+        }
+    }
+
+    pub fn request(&self, i: u64) -> futures::future::BoxFuture<'static, Outcome> {
+        let h = mix(i);
+        let token = self.tokens[(h % self.tokens.len().max(1) as u64) as usize].clone();
+        let client = self.client.clone();
+        if (h >> 32).is_multiple_of(2) {
+            let body = (*self.body).clone();
+            Box::pin(post_events(
+                client,
+                self.ingest_url.clone(),
+                token,
+                body,
+                0,
+                1,
+            ))
+        } else {
+            Box::pin(get(client, self.query_url.to_string(), token, 1))
+        }
+    }
+}
+
 /// A GET with the bearer token.
 pub async fn get(client: reqwest::Client, url: String, token: Arc<str>, class: usize) -> Outcome {
     let r = client.get(url).bearer_auth(&*token).send().await;

@@ -5,11 +5,9 @@
 //! measured (getrusage) beside the server's (/proc/<pid>/stat): on a 2-core
 //! machine they compete for the same cores, which caps what this can show.
 
-use std::sync::Arc;
-
 use serde_json::json;
 
-use super::{Ctx, events_body, get, http_client, mix, post_events, seeded_orgs, thousands};
+use super::{Ctx, ReadWriteMix, http_client, seeded_orgs, thousands};
 use crate::load;
 use crate::report::{Report, run_json};
 use crate::server::Meter;
@@ -62,9 +60,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         let server = ctx.launcher.start(cells, &[]).await?;
         let client = http_client()?;
         let tokens = seeded_orgs(&server, &client, "scale", ORGS).await?;
-        let ingest_url: Arc<str> = format!("{}/v1/events", server.http).into();
-        let query_url = format!("{}/v1/events?limit=10", server.http);
-        let body = events_body(1, 3);
+        let workload = ReadWriteMix::new(&server, client, tokens);
         let mut steps = Vec::new();
         for &rate in &rates {
             let meter = Meter::start(&server);
@@ -74,25 +70,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
                 step_d,
                 4096,
                 &format!("scaling {cells} cell(s) at {rate} req/s"),
-                |i| {
-                    let h = mix(i);
-                    let token = tokens[(h % ORGS) as usize].clone();
-                    let client = client.clone();
-                    let fut: futures::future::BoxFuture<'static, load::Outcome> =
-                        if (h >> 32).is_multiple_of(2) {
-                            Box::pin(post_events(
-                                client,
-                                ingest_url.clone(),
-                                token,
-                                body.clone(),
-                                0,
-                                1,
-                            ))
-                        } else {
-                            Box::pin(get(client, query_url.clone(), token, 1))
-                        };
-                    fut
-                },
+                |i| workload.request(i),
             )
             .await;
             let usage = meter.stop();
