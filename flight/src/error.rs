@@ -59,6 +59,7 @@ pub fn code(class: ErrorClass) -> Code {
         ErrorClass::Unauthenticated => Code::Unauthenticated,
         ErrorClass::Forbidden => Code::PermissionDenied,
         ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::Conflict => Code::AlreadyExists,
         ErrorClass::Overloaded { .. } => Code::ResourceExhausted,
         ErrorClass::Unavailable => Code::Unavailable,
         ErrorClass::Internal => Code::Internal,

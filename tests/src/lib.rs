@@ -40,6 +40,21 @@ use prost::Message as _;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+pub mod pg;
+pub mod tls;
+
+pub use pg::TestPostgres;
+pub use tls::TestCa;
+
+/// A port that was free on 127.0.0.1 a moment ago (for services, such as
+/// PostgreSQL, that cannot report a port-0 binding back).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
 /// How long a server may take to write its ports file and become ready.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a SIGTERMed server may take to drain and exit.

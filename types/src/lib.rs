@@ -20,9 +20,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A tenant (organisation) identifier. It only ever comes from a verified
 /// credential; it is also used as a directory name on disk, hence the strict
-/// character set.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// character set. Deserialising validates like [`OrgId::new`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct OrgId(String);
+
+impl TryFrom<String> for OrgId {
+    type Error = Error;
+
+    fn try_from(raw: String) -> Result<Self> {
+        OrgId::new(raw)
+    }
+}
+
+impl From<OrgId> for String {
+    fn from(org: OrgId) -> String {
+        org.0
+    }
+}
 
 impl OrgId {
     pub const MAX_LEN: usize = 64;
@@ -97,6 +112,8 @@ pub enum ErrorClass {
     Forbidden,
     /// The thing asked for does not exist for this tenant (404).
     NotFound,
+    /// The thing to create exists already (409).
+    Conflict,
     /// The body or batch is larger than allowed (413).
     TooLarge,
     /// The body is in a format the route does not accept (415).
@@ -117,6 +134,7 @@ impl ErrorClass {
             ErrorClass::Unauthenticated => 401,
             ErrorClass::Forbidden => 403,
             ErrorClass::NotFound => 404,
+            ErrorClass::Conflict => 409,
             ErrorClass::TooLarge => 413,
             ErrorClass::UnsupportedMediaType => 415,
             ErrorClass::Overloaded { .. } => 429,
@@ -132,6 +150,7 @@ impl ErrorClass {
             ErrorClass::Unauthenticated => "unauthenticated",
             ErrorClass::Forbidden => "forbidden",
             ErrorClass::NotFound => "not_found",
+            ErrorClass::Conflict => "conflict",
             ErrorClass::TooLarge => "too_large",
             ErrorClass::UnsupportedMediaType => "unsupported_media_type",
             ErrorClass::Overloaded { .. } => "rate_limited",
