@@ -1,8 +1,7 @@
 //! GraphQL: `events` as a connection, `eventCounts`, and the `ingestEvents`
 //! mutation, over the same cell operations as the REST routes.
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::array::AsArray;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{
     Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, Object, Schema,
@@ -20,6 +19,7 @@ use serde_json::Value;
 
 use crate::ApiState;
 use crate::error::ApiError;
+use crate::graphql_edges::EventEdges;
 use crate::http::{Tenant, build_filter, page_size};
 use crate::ingest::EventIn;
 use crate::json::rfc3339_us;
@@ -103,27 +103,6 @@ impl EventFilterInput {
 }
 
 #[derive(SimpleObject)]
-pub struct Event {
-    event_id: String,
-    org_id: String,
-    event_type: String,
-    entity_type: String,
-    entity_id: String,
-    /// RFC 3339, microsecond precision, UTC.
-    occurred_at: String,
-    data: Option<Json<Value>>,
-    changes: Option<Json<Value>>,
-    user_id: Option<String>,
-    trace_id: Option<String>,
-}
-
-#[derive(SimpleObject)]
-pub struct EventEdge {
-    cursor: String,
-    node: Event,
-}
-
-#[derive(SimpleObject)]
 pub struct PageInfo {
     has_next_page: bool,
     end_cursor: Option<String>,
@@ -131,7 +110,7 @@ pub struct PageInfo {
 
 #[derive(SimpleObject)]
 pub struct EventConnection {
-    edges: Vec<EventEdge>,
+    edges: EventEdges,
     page_info: PageInfo,
 }
 
@@ -187,46 +166,16 @@ impl QueryRoot {
             .map_err(ApiError::from)?;
         let snapshot = state.cells.snapshot(tenant).await.map_err(ApiError::from)?;
         let page = query::page(&snapshot, &filter, after, limit).map_err(ApiError::from)?;
-        let mut edges = Vec::with_capacity(page.offsets.len());
-        let mut offsets = page.offsets.iter();
-        for batch in &page.batches {
-            let s = |c: usize| batch.column(c).as_string::<i32>();
-            let ts = batch
-                .column(col::OCCURRED_AT)
-                .as_primitive::<TimestampMicrosecondType>();
-            let opt = |c: usize, i: usize| {
-                let a = s(c);
-                (!a.is_null(i)).then(|| a.value(i).to_owned())
-            };
-            let json = |c: usize, i: usize| {
-                let a = s(c);
-                (!a.is_null(i))
-                    .then(|| Json(serde_json::from_str(a.value(i)).unwrap_or(Value::Null)))
-            };
-            for i in 0..batch.num_rows() {
-                let offset = offsets.next().copied().unwrap_or_default();
-                edges.push(EventEdge {
-                    cursor: Cursor(offset).encode(),
-                    node: Event {
-                        event_id: s(col::EVENT_ID).value(i).to_owned(),
-                        org_id: s(col::ORG_ID).value(i).to_owned(),
-                        event_type: s(col::EVENT_TYPE).value(i).to_owned(),
-                        entity_type: s(col::ENTITY_TYPE).value(i).to_owned(),
-                        entity_id: s(col::ENTITY_ID).value(i).to_owned(),
-                        occurred_at: rfc3339_us(ts.value(i)),
-                        data: json(col::DATA, i),
-                        changes: json(col::CHANGES, i),
-                        user_id: opt(col::USER_ID, i),
-                        trace_id: opt(col::TRACE_ID, i),
-                    },
-                });
-            }
-        }
-        let end_cursor = edges.last().map(|e| e.cursor.clone());
+        let has_next_page = page.next_cursor.is_some();
+        let edges = EventEdges {
+            batches: page.batches,
+            offsets: page.offsets,
+        };
+        let end_cursor = edges.end_cursor();
         Ok(EventConnection {
             edges,
             page_info: PageInfo {
-                has_next_page: page.next_cursor.is_some(),
+                has_next_page,
                 end_cursor,
             },
         })

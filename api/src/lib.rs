@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod graphql;
+mod graphql_edges;
 pub mod http;
 pub mod ingest;
 pub mod json;

@@ -7,6 +7,11 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use honeycell::Config;
 
+/// mimalloc: glibc malloc/free was ≈20 % of the server's samples under
+/// burst load and ≈35 % while paging GraphQL (bench/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "honeycell",

@@ -442,6 +442,16 @@ async fn peer(
             return Ok(());
         }
     };
+    let columns: Vec<String> = batches
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
     drop(batches);
     let roapi = match Roapi::start(&parquet, dir.path()).await {
         Ok(r) => r,
@@ -457,13 +467,14 @@ async fn peer(
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     rep.line(&format!(
-        "{version}, started with `roapi -a 127.0.0.1:0 -p 127.0.0.1:0 --addr-flight-sql 127.0.0.1:0 -t events=events.parquet` (table held in memory by ROAPI). JSON paths return the whole table in one answer (ROAPI has no cursor paging); Flight SQL is `SELECT * FROM events`. Checksums must match Honeycell's, or the run fails.\n"
+        "{version}, started with `roapi -a 127.0.0.1:0 -p 127.0.0.1:0 --addr-flight-sql 127.0.0.1:0 -t events=events.parquet` (table held in memory by ROAPI). JSON and GraphQL paths return the whole table in one answer (ROAPI has no cursor paging; its GraphQL selects every column); Flight SQL is `SELECT * FROM events`. Checksums must match Honeycell's, or the run fails.\n"
     ));
     let mut rows = Vec::new();
     for name in [
         "ROAPI Flight SQL",
         "ROAPI REST JSON",
         "ROAPI SQL-over-HTTP JSON",
+        "ROAPI GraphQL",
     ] {
         roapi.reset_peak();
         let mut times = Vec::new();
@@ -473,6 +484,7 @@ async fn peer(
             let seen = match name {
                 "ROAPI Flight SQL" => roapi.read_flight_sql().await,
                 "ROAPI REST JSON" => roapi.read_rest(&client).await,
+                "ROAPI GraphQL" => roapi.read_graphql(&client, &columns).await,
                 _ => roapi.read_sql_http(&client).await,
             }
             .with_context(|| format!("{name} at {n} events"))?;
@@ -527,11 +539,12 @@ async fn peer(
         )
     };
     rep.line(&format!(
-        "\nRatios (rows/s, same run): Honeycell DoGet / ROAPI Flight SQL = {}; Honeycell Flight SQL / ROAPI Flight SQL = {}; Honeycell HTTP JSON / ROAPI best JSON = {}; Honeycell GraphQL / ROAPI best JSON = {}.",
+        "\nRatios (rows/s, same run): Honeycell DoGet / ROAPI Flight SQL = {}; Honeycell Flight SQL / ROAPI Flight SQL = {}; Honeycell HTTP JSON / ROAPI best JSON = {}; Honeycell GraphQL / ROAPI best JSON = {}; Honeycell GraphQL / ROAPI GraphQL = {}.",
         cmp(rate("Flight DoGet"), peer_rate("ROAPI Flight SQL"), 2.0),
         cmp(rate("Flight SQL"), peer_rate("ROAPI Flight SQL"), 2.0),
         cmp(rate("HTTP JSON"), best_json, 1.0),
         cmp(rate("GraphQL"), best_json, 1.0),
+        cmp(rate("GraphQL"), peer_rate("ROAPI GraphQL"), 1.0),
     ));
     if let Some(cpu) = roapi.cpu_secs() {
         rep.line(&format!("ROAPI used {cpu:.1} CPU-seconds in all."));

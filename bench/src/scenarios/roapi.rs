@@ -1,6 +1,6 @@
 //! ROAPI (the PyPI wheel `roapi`), the peer that `flight-vs-json` runs on the
-//! same events: it serves one Parquet table over REST JSON, SQL over HTTP
-//! and Flight SQL.
+//! same events: it serves one Parquet table over REST JSON, GraphQL, SQL
+//! over HTTP and Flight SQL.
 //!
 //! The events are exported from Honeycell itself (DoGet, so they are the very
 //! rows Honeycell served) to an Arrow IPC file, converted to Parquet with
@@ -199,6 +199,22 @@ impl Roapi {
         let r = client
             .get(format!("{}/api/tables/events", self.http))
             .timeout(Duration::from_secs(600))
+            .send()
+            .await?;
+        json_rows(r).await
+    }
+
+    /// The whole table through ROAPI's GraphQL (`POST /api/graphql`, every
+    /// column selected; ROAPI answers with the rows as a JSON array).
+    pub async fn read_graphql(
+        &self,
+        client: &reqwest::Client,
+        columns: &[String],
+    ) -> anyhow::Result<Seen> {
+        let r = client
+            .post(format!("{}/api/graphql", self.http))
+            .timeout(Duration::from_secs(600))
+            .body(format!("query {{ events {{ {} }} }}", columns.join(" ")))
             .send()
             .await?;
         json_rows(r).await
