@@ -289,21 +289,34 @@ pub async fn health() -> impl IntoResponse {
 }
 
 /// `GET /ready`: every cell answers over the bus (so its runtime, inbox and
-/// storage are running).
+/// storage are running) and this cell reaches the control-plane store.
 pub async fn ready(State(state): State<ApiState>) -> Response {
-    match state
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not_ready", "reason": reason })),
+        )
+            .into_response()
+    };
+    if let Err(e) = state
         .cells
         .ping_all(std::time::Duration::from_secs(2))
         .await
     {
-        Ok(()) => {
-            axum::Json(json!({ "status": "ready", "cells": state.cells.cells() })).into_response()
-        }
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not_ready", "reason": e.to_string() })),
-        )
-            .into_response(),
+        return not_ready(e.to_string());
+    }
+    let backend = state.control.backend();
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.control.ping()).await {
+        Ok(Ok(())) => axum::Json(json!({
+            "status": "ready",
+            "cells": state.cells.cells(),
+            "control_store": backend,
+        }))
+        .into_response(),
+        Ok(Err(e)) => not_ready(format!("control plane store ({backend}): {e}")),
+        Err(_) => not_ready(format!(
+            "control plane store ({backend}) did not answer within 2 s"
+        )),
     }
 }
 

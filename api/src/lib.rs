@@ -69,15 +69,23 @@ pub struct ApiState {
     pub verifier: Verifier,
     pub config: Arc<HttpConfig>,
     pub schema: graphql::HoneycellSchema,
+    /// This cell's handle on the control-plane store.
+    pub control: honeycell_control::Store,
 }
 
 impl ApiState {
-    pub fn new(cells: CellHandle, verifier: Verifier, config: Arc<HttpConfig>) -> Self {
+    pub fn new(
+        cells: CellHandle,
+        verifier: Verifier,
+        config: Arc<HttpConfig>,
+        control: honeycell_control::Store,
+    ) -> Self {
         Self {
             cells,
             verifier,
             config,
             schema: graphql::schema(),
+            control,
         }
     }
 }

@@ -18,12 +18,14 @@
 //! (API keys, signing keys) and write audit entries in the background.
 
 mod audit;
+mod config;
 mod embedded;
 mod error;
 mod model;
 mod postgres;
 
 pub use audit::{ChainBreak, ChainVerifier, GENESIS, chain, entry_hash, verify_chain};
+pub use config::{ControlConfig, StoreKind, StoreOpener};
 pub use embedded::EmbeddedStore;
 pub use error::{Error, Result};
 pub use model::{

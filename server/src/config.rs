@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use honeycell_api::HttpConfig;
 use honeycell_auth::JwtConfig;
 use honeycell_cell::{AdmissionConfig, RateLimitConfig};
+use honeycell_control::ControlConfig;
 use honeycell_storage::StorageConfig;
 use serde::Deserialize;
 
@@ -53,6 +54,7 @@ pub struct Config {
     #[serde(rename = "http_limits")]
     pub http_limits: HttpConfig,
     pub router: RouterConfig,
+    pub control: ControlConfig,
 }
 
 /// How the server runs its threads.
@@ -111,6 +113,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             http_limits: HttpConfig::default(),
             router: RouterConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 }
@@ -304,6 +307,7 @@ impl Config {
         self.rate_limiting.validate().map_err(anyhow::Error::msg)?;
         self.admission.validate().map_err(anyhow::Error::msg)?;
         self.http_limits.validate().map_err(anyhow::Error::msg)?;
+        self.control.validate()?;
         for (org, cell) in &self.router.overrides {
             honeycell_types::OrgId::new(org.clone())
                 .map_err(|e| anyhow::anyhow!("router.overrides: {e}"))?;

@@ -9,6 +9,7 @@
 //! Shutdown: every cell stops accepting, drains its connections, answers the
 //! hops still in flight, flushes and fsyncs its WAL, and the process exits 0.
 
+pub mod admin;
 pub mod config;
 mod listeners;
 
@@ -56,6 +57,21 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
 
+    // The main thread's runtime: it prepares the control-plane store (and
+    // applies migrations) before any cell starts, then waits for `stop`.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the main runtime")?;
+    let opener = waiter
+        .block_on(async {
+            let (opener, store) = config.control.prepare(&config.data_dir).await?;
+            drop(store);
+            Ok::<_, honeycell_control::Error>(opener)
+        })
+        .context("control plane store")?;
+    tracing::info!(backend = opener.backend(), "control plane store ready");
+
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
     let bound = listeners::bind(&config, if shared { 1 } else { cells })?;
@@ -96,12 +112,22 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                       listeners: CellListeners|
           -> futures::future::LocalBoxFuture<'static, ()> {
         let verifier = verifier.clone();
+        let opener = opener.clone();
         let http_config = http_config.clone();
         let locations = locations.clone();
         let query_pool = query_handle.clone();
         Box::pin(async move {
             let cell = ctx.handle.id();
-            let api = ApiState::new(ctx.handle.clone(), verifier.clone(), http_config);
+            // Each cell its own store handle: with PostgreSQL, its own pool,
+            // connected from (and driven by) this cell's runtime.
+            let control = match opener.open().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(%cell, error = %e, "cannot open the control plane store");
+                    return;
+                }
+            };
+            let api = ApiState::new(ctx.handle.clone(), verifier.clone(), http_config, control);
             let flight_state = FlightState {
                 cells: ctx.handle.clone(),
                 verifier,
@@ -165,10 +191,6 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     );
 
     // Wait for the stop signal on this (main) thread.
-    let waiter = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal runtime")?;
     waiter.block_on(stop);
     tracing::info!("stopping: draining connections and flushing the WAL");
     let result = running.shutdown();

@@ -105,6 +105,24 @@ enum Command {
     },
     /// Validate the configuration and exit (0 when valid).
     CheckConfig(ConfigFlags),
+    /// Create the control-plane store or apply pending PostgreSQL migrations
+    /// (`serve` does this too, on start).
+    Migrate(ConfigFlags),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check every org's audit hash chain (exit 1 if any is broken).
+    Verify {
+        #[command(flatten)]
+        flags: ConfigFlags,
+        /// Only this org.
+        #[arg(long)]
+        org: Option<String>,
+    },
 }
 
 fn token(
@@ -123,21 +141,44 @@ fn token(
     Ok(signer.mint(&org, subject, role, ttl)?)
 }
 
+/// Prints one line per org; exit status 1 if any chain is broken.
+fn print_verified(results: &[honeycell::admin::Verified]) -> ExitCode {
+    let mut broken = false;
+    if results.is_empty() {
+        println!("no audit entries yet");
+    }
+    for v in results {
+        match &v.result {
+            Ok(n) => println!("{}: {n} entries, hash chain intact", v.org),
+            Err(b) => {
+                broken = true;
+                println!("{}: BROKEN at entry {}: {}", v.org, b.seq, b.reason);
+            }
+        }
+    }
+    if broken {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match &cli.command {
-        Command::Serve(flags) => flags.load().and_then(|config| {
+        Command::Serve(flags) => ok(flags.load().and_then(|config| {
             honeycell::init_logging(&config.log);
             honeycell::run(config, honeycell::stop_signal())
-        }),
+        })),
         Command::Token {
             flags,
             org,
             role,
             ttl,
             subject,
-        } => token(flags, org, role, ttl, subject).map(|t| println!("{t}")),
-        Command::CheckConfig(flags) => flags.load().and_then(|c| {
+        } => ok(token(flags, org, role, ttl, subject).map(|t| println!("{t}"))),
+        Command::CheckConfig(flags) => ok(flags.load().and_then(|c| {
             c.validate()?;
             println!(
                 "configuration is valid: {} cells, http {}, flight {}, data_dir {}",
@@ -147,10 +188,18 @@ fn main() -> ExitCode {
                 c.data_dir.display()
             );
             Ok(())
-        }),
+        })),
+        Command::Migrate(flags) => ok(flags
+            .load()
+            .and_then(|c| honeycell::admin::migrate(&c))
+            .map(|line| println!("{line}"))),
+        Command::Audit(AuditCommand::Verify { flags, org }) => flags
+            .load()
+            .and_then(|c| honeycell::admin::audit_verify(&c, org.as_deref()))
+            .map(|results| print_verified(&results)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -191,6 +191,33 @@ impl TestPostgres {
         );
     }
 
+    /// Runs one query through `psql` and returns its unaligned output.
+    pub fn psql_value(&self, db: &str, sql: &str) -> String {
+        let out = self.command(
+            "psql",
+            &[
+                "-h",
+                &self.dir.path().to_string_lossy(),
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Creates database `name` and returns its URL (plaintext loopback).
     pub fn database(&self, name: &str) -> String {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));

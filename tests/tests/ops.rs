@@ -42,7 +42,10 @@ async fn health_ready_and_metrics_count() {
         .expect("GET /ready");
     assert_eq!(resp.status(), 200);
     let ready: Value = resp.json().await.expect("JSON");
-    assert_eq!(ready, json!({"status": "ready", "cells": 2}));
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "cells": 2, "control_store": "embedded"})
+    );
 
     let resp = server
         .http()

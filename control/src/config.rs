@@ -1,0 +1,159 @@
+//! `[control]`: which control-plane store the server uses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::{EmbeddedStore, PgConfig, PgStore, Store};
+
+/// Which backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A redb file under the data directory; nothing to install.
+    #[default]
+    Embedded,
+    Postgres,
+}
+
+/// `[control]`. The PostgreSQL URL usually carries a password, so it is
+/// best set through `HONEYCELL_CONTROL__POSTGRES_URL`; it is never logged.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    pub store: StoreKind,
+    /// The embedded store's file; default `<data_dir>/control/control.redb`.
+    pub embedded_path: Option<PathBuf>,
+    /// `postgres://user:password@host:5432/db?sslmode=verify-full&sslrootcert=/ca.pem`
+    pub postgres_url: Option<String>,
+    /// Connections in each cell's own pool.
+    pub pool_size_per_cell: usize,
+    /// e.g. `"5s"`.
+    pub connect_timeout: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            store: StoreKind::Embedded,
+            embedded_path: None,
+            postgres_url: None,
+            pool_size_per_cell: 2,
+            connect_timeout: "5s".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("store", &self.store)
+            .field("embedded_path", &self.embedded_path)
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pool_size_per_cell", &self.pool_size_per_cell)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// How each cell opens its store: the embedded store is one handle shared
+/// by reference; PostgreSQL is a configuration each cell connects with,
+/// inside its own runtime, so that it gets its own pool.
+#[derive(Clone, Debug)]
+pub enum StoreOpener {
+    Embedded(EmbeddedStore),
+    Postgres(PgConfig),
+}
+
+impl StoreOpener {
+    /// Opens this cell's store (no migrations: [`ControlConfig::prepare`]
+    /// applied them once at start).
+    pub async fn open(&self) -> Result<Store> {
+        Ok(match self {
+            StoreOpener::Embedded(s) => Store::Embedded(s.clone()),
+            StoreOpener::Postgres(cfg) => {
+                Store::Postgres(PgStore::connect_without_migrating(cfg).await?)
+            }
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StoreOpener::Embedded(_) => "embedded",
+            StoreOpener::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Checks the section; the error names the key to fix.
+    pub fn validate(&self) -> Result<()> {
+        self.timeout()?;
+        if self.pool_size_per_cell == 0 {
+            return Err(Error::Config(
+                "control.pool_size_per_cell must be at least 1".into(),
+            ));
+        }
+        if self.store == StoreKind::Postgres && self.postgres_url.is_none() {
+            return Err(Error::Config(
+                "control.store = \"postgres\" needs control.postgres_url (or HONEYCELL_CONTROL__POSTGRES_URL)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Result<Duration> {
+        humantime::parse_duration(&self.connect_timeout).map_err(|e| {
+            Error::Config(format!(
+                "control.connect_timeout {:?}: {e}",
+                self.connect_timeout
+            ))
+        })
+    }
+
+    /// The embedded store's file under `data_dir`.
+    pub fn embedded_file(&self, data_dir: &Path) -> PathBuf {
+        self.embedded_path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("control").join("control.redb"))
+    }
+
+    /// The PostgreSQL settings of one cell's pool.
+    pub fn pg_config(&self) -> Result<PgConfig> {
+        let url = self
+            .postgres_url
+            .clone()
+            .ok_or_else(|| Error::Config("control.postgres_url is not set".into()))?;
+        Ok(PgConfig {
+            url,
+            pool_size: self.pool_size_per_cell,
+            connect_timeout: self.timeout()?,
+        })
+    }
+
+    /// Once, at start (or by `honeycell migrate`): opens the embedded store,
+    /// or connects to PostgreSQL and applies pending migrations. Returns
+    /// what each cell opens its own store from, and a store for the caller.
+    pub async fn prepare(&self, data_dir: &Path) -> Result<(StoreOpener, Store)> {
+        self.validate()?;
+        match self.store {
+            StoreKind::Embedded => {
+                let file = self.embedded_file(data_dir);
+                let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(file))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))??;
+                Ok((StoreOpener::Embedded(store.clone()), Store::Embedded(store)))
+            }
+            StoreKind::Postgres => {
+                let cfg = self.pg_config()?;
+                let store = PgStore::connect(&cfg).await?;
+                Ok((StoreOpener::Postgres(cfg), Store::Postgres(store)))
+            }
+        }
+    }
+}
