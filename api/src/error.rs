@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Index of the offending event in a batch, when there is one.
     pub index: Option<usize>,
+    /// The missing permission of a 403.
+    pub permission: Option<&'static str>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             index: None,
+            permission: None,
         }
     }
 
@@ -52,7 +55,8 @@ impl From<honeycell_cell::Error> for ApiError {
                 "overloaded"
             }
             honeycell_cell::Error::BadCursor { .. } => "invalid_cursor",
-            honeycell_cell::Error::Forbidden { .. } => "forbidden",
+            honeycell_cell::Error::Forbidden { .. }
+            | honeycell_cell::Error::ScopeForbidden { .. } => "forbidden",
             honeycell_cell::Error::BadFilter { .. } => "invalid_filter",
             honeycell_cell::Error::Storage(honeycell_storage::Error::Schema { .. }) => {
                 "invalid_event"
@@ -62,7 +66,29 @@ impl From<honeycell_cell::Error> for ApiError {
         if class == ErrorClass::Internal {
             tracing::error!(error = %e, "internal error");
         }
-        Self::new(class, code, e.to_string())
+        let permission = match &e {
+            honeycell_cell::Error::Forbidden { permission, .. }
+            | honeycell_cell::Error::ScopeForbidden { permission } => Some(*permission),
+            _ => None,
+        };
+        let mut err = Self::new(class, code, e.to_string());
+        err.permission = permission;
+        err
+    }
+}
+
+impl From<honeycell_control::Error> for ApiError {
+    fn from(e: honeycell_control::Error) -> Self {
+        match e {
+            honeycell_control::Error::Auth(a) => a.into(),
+            e => {
+                let class = e.class();
+                if class == ErrorClass::Internal || class == ErrorClass::Unavailable {
+                    tracing::error!(error = %e, "control plane store error");
+                }
+                Self::new(class, class.code(), e.to_string())
+            }
+        }
     }
 }
 
@@ -79,6 +105,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "code": self.code, "message": self.message });
         if let Some(i) = self.index {
             body["index"] = json!(i);
+        }
+        if let Some(p) = self.permission {
+            body["permission"] = json!(p);
         }
         let retry_after = match self.class {
             ErrorClass::Overloaded { retry_after } => {

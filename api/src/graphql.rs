@@ -4,8 +4,8 @@
 use arrow::array::AsArray;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{
-    Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, Object, Schema,
-    SimpleObject,
+    Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, MergedObject, Object,
+    Schema, SimpleObject,
 };
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::extract::State;
@@ -20,16 +20,25 @@ use serde_json::Value;
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::graphql_edges::EventEdges;
+use crate::graphql_keys::{ApiKeyMutation, ApiKeyQuery};
 use crate::http::{Tenant, build_filter, page_size};
 use crate::ingest::EventIn;
 use crate::json::rfc3339_us;
 use honeycell_types::now_us;
 
-pub type HoneycellSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type HoneycellSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Every query field: events (here) and administration (`graphql_keys`).
+#[derive(MergedObject, Default)]
+pub struct Query(QueryRoot, ApiKeyQuery);
+
+/// Every mutation.
+#[derive(MergedObject, Default)]
+pub struct Mutation(MutationRoot, ApiKeyMutation);
 
 /// Builds the schema (with depth and complexity limits against abuse).
 pub fn schema() -> HoneycellSchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(12)
         .limit_complexity(5_000)
         .finish()
@@ -48,6 +57,9 @@ impl From<ApiError> for async_graphql::Error {
             ext.set("status", e.class.http_status());
             if let Some(i) = e.index {
                 ext.set("index", i as u64);
+            }
+            if let Some(p) = e.permission {
+                ext.set("permission", p);
             }
             if let Some(r) = retry {
                 ext.set("retryAfterSeconds", r);
@@ -135,6 +147,7 @@ pub struct EventCount {
     count: u64,
 }
 
+#[derive(Default)]
 pub struct QueryRoot;
 
 #[Object]
@@ -234,6 +247,7 @@ pub struct IngestResult {
     event_ids: Vec<String>,
 }
 
+#[derive(Default)]
 pub struct MutationRoot;
 
 #[Object]

@@ -40,7 +40,7 @@ impl FromRequestParts<ApiState> for Tenant {
                 })
             })?),
         };
-        Ok(Tenant(state.verifier.verify_bearer(header)?))
+        Ok(Tenant(state.auth.authenticate(header).await?))
     }
 }
 

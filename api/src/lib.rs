@@ -12,6 +12,7 @@
 pub mod error;
 pub mod graphql;
 mod graphql_edges;
+mod graphql_keys;
 pub mod http;
 pub mod ingest;
 pub mod json;
@@ -20,7 +21,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use honeycell_auth::Verifier;
 use honeycell_cell::{CellHandle, Shutdown};
 use serde::Deserialize;
 
@@ -66,7 +66,10 @@ impl HttpConfig {
 #[derive(Clone)]
 pub struct ApiState {
     pub cells: CellHandle,
-    pub verifier: Verifier,
+    /// Checks JWTs and API keys (this cell's cache).
+    pub auth: honeycell_control::Authenticator,
+    /// Queues audit entries for the background writer.
+    pub audit: honeycell_control::AuditSink,
     pub config: Arc<HttpConfig>,
     pub schema: graphql::HoneycellSchema,
     /// This cell's handle on the control-plane store.
@@ -76,16 +79,17 @@ pub struct ApiState {
 impl ApiState {
     pub fn new(
         cells: CellHandle,
-        verifier: Verifier,
+        auth: honeycell_control::Authenticator,
         config: Arc<HttpConfig>,
-        control: honeycell_control::Store,
+        audit: honeycell_control::AuditSink,
     ) -> Self {
         Self {
             cells,
-            verifier,
+            control: auth.store().clone(),
+            auth,
+            audit,
             config,
             schema: graphql::schema(),
-            control,
         }
     }
 }

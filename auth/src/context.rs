@@ -1,6 +1,6 @@
 use honeycell_types::OrgId;
 
-use crate::role::Role;
+use crate::role::{Action, ActionSet, Role};
 
 /// Who is calling, for which tenant, with which rights. Built only from a
 /// verified credential; every field is trustworthy.
@@ -31,6 +31,24 @@ pub enum Credential {
         /// The `jti` claim, for revocation lists and audit.
         token_id: Option<String>,
     },
+    /// An API key (`hck_<id>_<secret>`), checked against the control plane.
+    ApiKey {
+        key_id: String,
+        /// What the key may do, on top of its role.
+        scopes: ActionSet,
+    },
+}
+
+impl TenantContext {
+    /// Whether this caller may perform `action`: its role permits it and,
+    /// for an API key, its scopes include it.
+    pub fn permits(&self, action: Action) -> bool {
+        self.role.permits(action)
+            && match &self.credential {
+                Credential::Jwt { .. } => true,
+                Credential::ApiKey { scopes, .. } => scopes.contains(action),
+            }
+    }
 }
 
 /// Subjects end up in audit logs and metrics labels, so they are bounded and

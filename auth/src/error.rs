@@ -60,6 +60,25 @@ pub enum Error {
 
     #[error("could not sign the token: {reason}")]
     Sign { reason: String },
+
+    #[error(
+        "unknown scope {got:?}; scopes are events:read, events:write, rules:manage, org:administer"
+    )]
+    UnknownScope { got: String },
+
+    #[error(
+        "malformed API key: {reason}; send the key exactly as it was shown at creation (hck_<id>_<secret>)"
+    )]
+    MalformedApiKey { reason: &'static str },
+
+    #[error("unknown or wrong API key; check the key, or create a new one")]
+    BadApiKey,
+
+    #[error("this API key was revoked; use its replacement or create a new one")]
+    ApiKeyRevoked,
+
+    #[error("this API key has expired; rotate it or create a new one")]
+    ApiKeyExpired,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -72,7 +91,9 @@ impl Error {
             Error::Config { .. } | Error::Sign { .. } => ErrorClass::Internal,
             // Raised when parsing operator or request input (`--role`,
             // `--ttl`), never while verifying a token.
-            Error::UnknownRole { .. } | Error::InvalidTtl { .. } => ErrorClass::BadRequest,
+            Error::UnknownRole { .. } | Error::InvalidTtl { .. } | Error::UnknownScope { .. } => {
+                ErrorClass::BadRequest
+            }
             Error::MissingToken
             | Error::NotBearer
             | Error::Malformed { .. }
@@ -83,7 +104,11 @@ impl Error {
             | Error::NotYetValid
             | Error::WrongIssuer { .. }
             | Error::WrongAudience { .. }
-            | Error::InvalidClaim { .. } => ErrorClass::Unauthenticated,
+            | Error::InvalidClaim { .. }
+            | Error::MalformedApiKey { .. }
+            | Error::BadApiKey
+            | Error::ApiKeyRevoked
+            | Error::ApiKeyExpired => ErrorClass::Unauthenticated,
         }
     }
 
@@ -106,6 +131,11 @@ impl Error {
             Error::InvalidTtl { .. } => "invalid_ttl",
             Error::Config { .. } => "auth_config",
             Error::Sign { .. } => "sign_failed",
+            Error::UnknownScope { .. } => "unknown_scope",
+            Error::MalformedApiKey { .. } => "malformed_api_key",
+            Error::BadApiKey => "bad_api_key",
+            Error::ApiKeyRevoked => "api_key_revoked",
+            Error::ApiKeyExpired => "api_key_expired",
         }
     }
 }

@@ -32,7 +32,7 @@ mod verify;
 pub use config::JwtConfig;
 pub use context::{Credential, TenantContext};
 pub use error::{Error, Result};
-pub use role::{Action, Role};
+pub use role::{Action, ActionSet, Role};
 pub use sign::{Signer, parse_ttl};
 pub use verify::Verifier;
 

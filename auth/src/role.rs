@@ -32,6 +32,61 @@ pub enum Action {
     Administer,
 }
 
+impl Action {
+    pub const ALL: [Action; 4] = [
+        Action::ReadEvents,
+        Action::WriteEvents,
+        Action::ManageRules,
+        Action::Administer,
+    ];
+
+    /// The permission's name, as in 403 bodies and API-key scopes.
+    pub fn permission(self) -> &'static str {
+        match self {
+            Action::ReadEvents => "events:read",
+            Action::WriteEvents => "events:write",
+            Action::ManageRules => "rules:manage",
+            Action::Administer => "org:administer",
+        }
+    }
+
+    pub fn from_permission(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.permission() == s)
+    }
+}
+
+/// A set of actions (an API key's scopes), as a bit set: cheap to copy into
+/// every request's context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ActionSet(u8);
+
+impl ActionSet {
+    pub const ALL: ActionSet = ActionSet(0b1111);
+
+    fn bit(a: Action) -> u8 {
+        1 << (a as u8)
+    }
+
+    pub fn contains(self, a: Action) -> bool {
+        self.0 & Self::bit(a) != 0
+    }
+
+    /// Parses scope names; an empty list means every action.
+    pub fn from_scopes<S: AsRef<str>>(scopes: &[S]) -> Result<ActionSet, Error> {
+        if scopes.is_empty() {
+            return Ok(ActionSet::ALL);
+        }
+        let mut bits = 0;
+        for s in scopes {
+            let a = Action::from_permission(s.as_ref()).ok_or_else(|| Error::UnknownScope {
+                got: s.as_ref().to_owned(),
+            })?;
+            bits |= Self::bit(a);
+        }
+        Ok(ActionSet(bits))
+    }
+}
+
 impl Role {
     pub const ALL: [Role; 3] = [Role::Admin, Role::Operator, Role::Viewer];
     /// The accepted spellings, for error messages and CLI help.

@@ -115,7 +115,10 @@ fn round_trip(config: &JwtConfig) {
         key_id,
         expires_at,
         token_id,
-    } = ctx.credential;
+    } = ctx.credential
+    else {
+        panic!("a JWT credential, got {:?}", ctx.credential);
+    };
     assert_eq!(key_id, config.key_id);
     assert!(expires_at.abs_diff(now() + 900) <= 2, "exp = now + ttl");
     assert!(token_id.is_some_and(|t| t.len() == 32), "random jti");

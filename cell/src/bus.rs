@@ -23,19 +23,19 @@ use crate::{Error, Result};
 
 /// Every tenant operation passes here, whatever the protocol, so the role
 /// check cannot be forgotten by one of them.
-fn authorize(ctx: &TenantContext, action: Action) -> Result<()> {
-    if ctx.role.permits(action) {
-        return Ok(());
+pub fn authorize(ctx: &TenantContext, action: Action) -> Result<()> {
+    if !ctx.role.permits(action) {
+        return Err(Error::Forbidden {
+            role: ctx.role.as_str(),
+            permission: action.permission(),
+        });
     }
-    Err(Error::Forbidden {
-        role: ctx.role.as_str(),
-        permission: match action {
-            Action::ReadEvents => "events:read",
-            Action::WriteEvents => "events:write",
-            Action::ManageRules => "rules:manage",
-            Action::Administer => "org:administer",
-        },
-    })
+    if !ctx.permits(action) {
+        return Err(Error::ScopeForbidden {
+            permission: action.permission(),
+        });
+    }
+    Ok(())
 }
 
 /// An acknowledged write.

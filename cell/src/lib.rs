@@ -69,6 +69,10 @@ pub enum Error {
         role: &'static str,
         permission: &'static str,
     },
+    #[error(
+        "forbidden: this API key's scopes do not include the permission {permission}; create a key with that scope"
+    )]
+    ScopeForbidden { permission: &'static str },
     #[error("invalid filter {field}: {reason}")]
     BadFilter { field: &'static str, reason: String },
     #[error("invalid cursor {cursor:?}: pass back the next_cursor of a previous page unchanged")]
@@ -89,7 +93,7 @@ impl Error {
                 retry_after: Duration::from_secs(1),
             },
             Error::CellGone { .. } => ErrorClass::Unavailable,
-            Error::Forbidden { .. } => ErrorClass::Forbidden,
+            Error::Forbidden { .. } | Error::ScopeForbidden { .. } => ErrorClass::Forbidden,
             Error::BadCursor { .. } | Error::BadFilter { .. } => ErrorClass::BadRequest,
             Error::Arrow(_)
             | Error::CellPanicked { .. }

@@ -8,6 +8,14 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::{EmbeddedStore, PgConfig, PgStore, Store};
 
+fn duration(key: &str, text: &str) -> Result<Duration> {
+    humantime::parse_duration(text).map_err(|e| {
+        Error::Config(format!(
+            "control.{key} {text:?}: {e}; use a duration such as 1s or 500ms"
+        ))
+    })
+}
+
 /// Which backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,6 +40,11 @@ pub struct ControlConfig {
     pub pool_size_per_cell: usize,
     /// e.g. `"5s"`.
     pub connect_timeout: String,
+    /// How long a cell trusts a cached API-key record: the longest a
+    /// revocation takes to reach every cell (at most `"1s"`).
+    pub api_key_cache_ttl: String,
+    /// How often each cell writes API keys' last-use times (in one batch).
+    pub last_used_flush: String,
 }
 
 impl Default for ControlConfig {
@@ -42,6 +55,8 @@ impl Default for ControlConfig {
             postgres_url: None,
             pool_size_per_cell: 2,
             connect_timeout: "5s".into(),
+            api_key_cache_ttl: "1s".into(),
+            last_used_flush: "5s".into(),
         }
     }
 }
@@ -57,6 +72,8 @@ impl std::fmt::Debug for ControlConfig {
             )
             .field("pool_size_per_cell", &self.pool_size_per_cell)
             .field("connect_timeout", &self.connect_timeout)
+            .field("api_key_cache_ttl", &self.api_key_cache_ttl)
+            .field("last_used_flush", &self.last_used_flush)
             .finish()
     }
 }
@@ -94,6 +111,13 @@ impl ControlConfig {
     /// Checks the section; the error names the key to fix.
     pub fn validate(&self) -> Result<()> {
         self.timeout()?;
+        self.last_used_flush()?;
+        if self.api_key_cache_ttl()? > Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "control.api_key_cache_ttl {:?} is over 1s: revocations must reach every cell within a second",
+                self.api_key_cache_ttl
+            )));
+        }
         if self.pool_size_per_cell == 0 {
             return Err(Error::Config(
                 "control.pool_size_per_cell must be at least 1".into(),
@@ -108,12 +132,21 @@ impl ControlConfig {
     }
 
     fn timeout(&self) -> Result<Duration> {
-        humantime::parse_duration(&self.connect_timeout).map_err(|e| {
-            Error::Config(format!(
-                "control.connect_timeout {:?}: {e}",
-                self.connect_timeout
-            ))
-        })
+        duration("connect_timeout", &self.connect_timeout)
+    }
+
+    pub fn api_key_cache_ttl(&self) -> Result<Duration> {
+        duration("api_key_cache_ttl", &self.api_key_cache_ttl)
+    }
+
+    pub fn last_used_flush(&self) -> Result<Duration> {
+        let d = duration("last_used_flush", &self.last_used_flush)?;
+        if d.is_zero() {
+            return Err(Error::Config(
+                "control.last_used_flush must be above 0".into(),
+            ));
+        }
+        Ok(d)
     }
 
     /// The embedded store's file under `data_dir`.

@@ -43,6 +43,10 @@ pub enum Error {
 
     #[error("control store task failed: {0}")]
     Task(String),
+
+    /// A presented credential was refused.
+    #[error(transparent)]
+    Auth(#[from] honeycell_auth::Error),
 }
 
 /// tokio-postgres displays a server error as just "db error": the server's
@@ -73,6 +77,7 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Conflict { .. } => ErrorClass::Conflict,
+            Error::Auth(e) => e.class(),
             Error::Config(_) => ErrorClass::Internal,
             _ => ErrorClass::Unavailable,
         }

@@ -18,6 +18,8 @@
 //! (API keys, signing keys) and write audit entries in the background.
 
 mod audit;
+mod audit_sink;
+mod authn;
 mod config;
 mod embedded;
 mod error;
@@ -25,6 +27,8 @@ mod model;
 mod postgres;
 
 pub use audit::{ChainBreak, ChainVerifier, GENESIS, chain, entry_hash, verify_chain};
+pub use audit_sink::AuditSink;
+pub use authn::{API_KEY_PREFIX, Authenticator, NewApiKey, generate_api_key, parse_api_key};
 pub use config::{ControlConfig, StoreKind, StoreOpener};
 pub use embedded::EmbeddedStore;
 pub use error::{Error, Result};

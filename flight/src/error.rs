@@ -13,6 +13,8 @@ pub enum Error {
     Cell(#[from] honeycell_cell::Error),
     #[error(transparent)]
     Storage(#[from] honeycell_storage::Error),
+    #[error(transparent)]
+    Control(honeycell_control::Error),
     #[error("invalid ticket: {reason}")]
     BadTicket { reason: String },
     #[error("invalid flight descriptor: {reason}")]
@@ -34,12 +36,22 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<honeycell_control::Error> for Error {
+    fn from(e: honeycell_control::Error) -> Self {
+        match e {
+            honeycell_control::Error::Auth(a) => Error::Auth(a),
+            e => Error::Control(e),
+        }
+    }
+}
+
 impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Auth(e) => e.class(),
             Error::Cell(e) => e.class(),
             Error::Storage(e) => e.class(),
+            Error::Control(e) => e.class(),
             Error::BadTicket { .. } | Error::BadDescriptor { .. } | Error::Sql(_) => {
                 ErrorClass::BadRequest
             }

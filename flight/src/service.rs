@@ -22,7 +22,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
 use futures::{Stream, TryStreamExt};
-use honeycell_auth::{TenantContext, Verifier};
+use honeycell_auth::TenantContext;
 use honeycell_cell::query::{Cursor, EventFilter, Scan};
 use honeycell_cell::{CellHandle, metrics};
 use honeycell_types::{OrgId, now_us};
@@ -41,7 +41,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[derive(Clone)]
 pub struct FlightState {
     pub cells: CellHandle,
-    pub verifier: Verifier,
+    /// Checks JWTs and API keys.
+    pub auth: honeycell_control::Authenticator,
     /// The Flight location (`grpc+tcp://host:port`) of every cell, by index.
     pub locations: Arc<[String]>,
     /// Where DataFusion queries run (never on a cell's thread).
@@ -52,7 +53,7 @@ pub struct FlightState {
 
 impl FlightState {
     /// Authenticates a call from its `authorization` metadata.
-    pub fn tenant<T>(&self, request: &Request<T>) -> Result<TenantContext> {
+    pub async fn tenant<T>(&self, request: &Request<T>) -> Result<TenantContext> {
         let header = match request.metadata().get("authorization") {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| {
@@ -61,7 +62,7 @@ impl FlightState {
                 })
             })?),
         };
-        Ok(self.verifier.verify_bearer(header)?)
+        Ok(self.auth.authenticate(header).await?)
     }
 
     /// The location of the cell owning `org`: bulk reads go straight there.
@@ -153,7 +154,7 @@ impl HoneycellFlight {
     }
 
     async fn plain_do_get(&self, request: Request<Ticket>) -> Result<DoGetStream> {
-        let ctx = self.state.tenant(&request)?;
+        let ctx = self.state.tenant(&request).await?;
         let query = EventsTicket::parse(&request.get_ref().ticket, "ticket")?;
         let (filter, after) = query.filter()?;
         let snapshot = self.state.cells.snapshot(&ctx).await?;
@@ -174,7 +175,7 @@ impl HoneycellFlight {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<BoxStream<PutResult>> {
-        let ctx = self.state.tenant(&request)?;
+        let ctx = self.state.tenant(&request).await?;
         let state = self.state.clone();
         let input = FlightRecordBatchStream::new_from_flight_data(
             request.into_inner().map_err(FlightError::from),
@@ -218,7 +219,7 @@ impl HoneycellFlight {
         &self,
         request: Request<Action>,
     ) -> Result<BoxStream<arrow_flight::Result>> {
-        let ctx = self.state.tenant(&request)?;
+        let ctx = self.state.tenant(&request).await?;
         let action = request.into_inner();
         let body = match action.r#type.as_str() {
             "whoami" => json!({
@@ -285,7 +286,7 @@ impl FlightService for HoneycellFlight {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let reply = HandshakeResponse::default();
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(reply)]))))
     }
@@ -294,7 +295,7 @@ impl FlightService for HoneycellFlight {
         &self,
         request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let ctx = self.state.tenant(&request)?;
+        let ctx = self.state.tenant(&request).await?;
         let descriptor = FlightDescriptor::new_path(vec!["events".into()]);
         let info = FlightInfo::new()
             .try_with_schema(&honeycell_storage::event_schema())
@@ -316,8 +317,8 @@ impl FlightService for HoneycellFlight {
         let result = if is_flight_sql(&request.get_ref().cmd) {
             FlightService::get_flight_info(&self.sql, request).await
         } else {
-            let answer = || -> Result<FlightInfo> {
-                let ctx = self.state.tenant(&request)?;
+            let answer = async || -> Result<FlightInfo> {
+                let ctx = self.state.tenant(&request).await?;
                 let ticket = Self::descriptor_query(request.get_ref())?;
                 let endpoint = FlightEndpoint::new()
                     .with_ticket(Ticket::new(ticket))
@@ -328,7 +329,7 @@ impl FlightService for HoneycellFlight {
                     .with_endpoint(endpoint)
                     .with_descriptor(request.get_ref().clone()))
             };
-            answer().map(Response::new).map_err(Status::from)
+            answer().await.map(Response::new).map_err(Status::from)
         };
         record("flight.GetFlightInfo", started, &result);
         result
@@ -350,7 +351,7 @@ impl FlightService for HoneycellFlight {
         if is_flight_sql(&request.get_ref().cmd) {
             return FlightService::get_schema(&self.sql, request).await;
         }
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         Self::descriptor_query(request.get_ref())?;
         let options = arrow_ipc::writer::IpcWriteOptions::default();
         let result: SchemaResult = SchemaAsIpc::new(&honeycell_storage::event_schema(), &options)

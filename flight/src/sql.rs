@@ -111,7 +111,7 @@ impl SqlService {
         sql: String,
         ticket: Ticket,
     ) -> Result<FlightInfo> {
-        let ctx = self.state.tenant(request)?;
+        let ctx = self.state.tenant(request).await?;
         let snapshot = self.state.cells.snapshot(&ctx).await?;
         let (schema, _) = self.run(snapshot, sql, false).await?;
         let endpoint = FlightEndpoint::new()
@@ -125,7 +125,7 @@ impl SqlService {
     }
 
     async fn stream(&self, request: &Request<Ticket>, sql: String) -> Result<DoGetStream> {
-        let ctx = self.state.tenant(request)?;
+        let ctx = self.state.tenant(request).await?;
         let snapshot = self.state.cells.snapshot(&ctx).await?;
         let (schema, batches) = self.run(snapshot, sql, true).await?;
         let batches = batches.ok_or(Error::QueryWorkerGone)?;
@@ -195,7 +195,7 @@ impl FlightSqlService for SqlService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let ctx = self.state.tenant(&request)?;
+        let ctx = self.state.tenant(&request).await?;
         let snapshot = self.state.cells.snapshot(&ctx).await.map_err(Error::from)?;
         let (schema, _) = self.run(snapshot, query.query.clone(), false).await?;
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
@@ -215,7 +215,7 @@ impl FlightSqlService for SqlService {
         _query: ActionClosePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         Ok(())
     }
 
@@ -245,7 +245,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let schema = query.clone().into_builder(&self.info).schema();
         let endpoint =
             FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
@@ -262,7 +262,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let batch = query
             .into_builder(&self.info)
             .build()
@@ -275,7 +275,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let schema = query.into_builder().schema();
         metadata_info(&schema, query.as_any(), request.into_inner())
     }
@@ -285,7 +285,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let mut b = query.into_builder();
         b.append(CATALOG);
         Ok(Response::new(one_batch(
@@ -298,7 +298,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let schema = query.clone().into_builder().schema();
         metadata_info(&schema, query.as_any(), request.into_inner())
     }
@@ -308,7 +308,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let mut b = query.into_builder();
         b.append(CATALOG, SCHEMA);
         Ok(Response::new(one_batch(
@@ -321,7 +321,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let schema = query.clone().into_builder().schema();
         metadata_info(&schema, query.as_any(), request.into_inner())
     }
@@ -331,7 +331,7 @@ impl FlightSqlService for SqlService {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.state.tenant(&request)?;
+        self.state.tenant(&request).await?;
         let mut b = query.into_builder();
         b.append(
             CATALOG,

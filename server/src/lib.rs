@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use honeycell_api::ApiState;
 use honeycell_auth::Verifier;
 use honeycell_cell::{CellContext, CellSpec};
+use honeycell_control::{AuditSink, Authenticator};
 use honeycell_flight::{FlightState, HoneycellFlight};
 use honeycell_router::Router;
 use honeycell_types::OrgId;
@@ -71,6 +72,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         })
         .context("control plane store")?;
     tracing::info!(backend = opener.backend(), "control plane store ready");
+    let key_ttl = config.control.api_key_cache_ttl()?;
+    let flush_every = config.control.last_used_flush()?;
 
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
@@ -127,10 +130,12 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                     return;
                 }
             };
-            let api = ApiState::new(ctx.handle.clone(), verifier.clone(), http_config, control);
+            let auth = Authenticator::new(verifier, control.clone(), key_ttl);
+            let (audit, audit_writer) = AuditSink::spawn(control);
+            let api = ApiState::new(ctx.handle.clone(), auth.clone(), http_config, audit);
             let flight_state = FlightState {
                 cells: ctx.handle.clone(),
-                verifier,
+                auth: auth.clone(),
                 locations,
                 query_pool,
                 max_append_rows,
@@ -148,7 +153,33 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 flight,
                 ctx.shutdown.clone(),
             );
-            let (h, f) = futures::join!(http, flight);
+            // API keys' last-use times, written in one batch per interval.
+            let flusher = {
+                let auth = auth.clone();
+                let stop = ctx.shutdown.clone().wait();
+                async move {
+                    tokio::pin!(stop);
+                    let mut tick = tokio::time::interval(flush_every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            () = &mut stop => break,
+                        }
+                        if let Err(e) = auth.flush_last_used().await {
+                            tracing::warn!(%cell, error = %e, "cannot record API key use");
+                        }
+                    }
+                    let _ = auth.flush_last_used().await;
+                }
+            };
+            let (h, f, ()) = futures::join!(http, flight, flusher);
+            drop(auth);
+            // The sinks went with the servers: the writer ends once it has
+            // written what was queued.
+            if let Err(e) = audit_writer.await {
+                tracing::error!(%cell, error = %e, "audit writer failed");
+            }
             if let Err(e) = h {
                 tracing::error!(%cell, error = %e, "HTTP server failed");
             }

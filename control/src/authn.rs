@@ -1,0 +1,263 @@
+//! Authentication of every request, whatever the protocol: a JWT (checked by
+//! `honeycell_auth::Verifier`, no I/O) or an API key `hck_<id>_<secret>`
+//! (looked up in the control plane through a short-lived per-cell cache).
+//!
+//! API keys. The secret is 32 random bytes (43 base64url characters); only
+//! its SHA-256 is stored, and the presented secret's hash is compared in
+//! constant time. A cell caches each key record (or its absence) for at most
+//! `cache_ttl` (≤ 1 s by default), so a revocation or expiry recorded in the
+//! store — by this server or another one sharing the PostgreSQL store —
+//! takes effect on every cell within that time, and a flood of unknown keys
+//! costs one store read per key id and second per cell. Uses are recorded in
+//! memory and written as one `touch_api_keys` batch by
+//! [`Authenticator::flush_last_used`] (the server calls it every few
+//! seconds), never per request. A key's caller gets the subject
+//! `apikey:<id>`, so each key has its own client rate-limit bucket.
+//!
+//! One [`Authenticator`] per cell: its locks are only ever taken by that
+//! cell's thread (or, in `--runtime shared`, by the shared pool).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use honeycell_auth::{ActionSet, Credential, TenantContext, Verifier};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::Store;
+use crate::error::{Error, Result};
+use crate::model::ApiKey;
+
+/// The prefix that tells an API key from a JWT.
+pub const API_KEY_PREFIX: &str = "hck_";
+const ID_HEX: usize = 16;
+const SECRET_B64: usize = 43;
+/// Cache entries beyond this are dropped wholesale (a flood of random ids).
+const MAX_CACHED: usize = 100_000;
+
+/// A freshly made key: the text shown once, and what is stored.
+pub struct NewApiKey {
+    /// `hck_<id>_<secret>`: give this to the client; it is never stored.
+    pub plaintext: String,
+    pub id: String,
+    pub secret_sha256: [u8; 32],
+}
+
+/// Makes a new random key.
+pub fn generate_api_key() -> NewApiKey {
+    let id_bytes: [u8; ID_HEX / 2] = rand::random();
+    let secret: [u8; 32] = rand::random();
+    let id = hex::encode(id_bytes);
+    let secret_text = URL_SAFE_NO_PAD.encode(secret);
+    NewApiKey {
+        plaintext: format!("{API_KEY_PREFIX}{id}_{secret_text}"),
+        secret_sha256: Sha256::digest(secret_text.as_bytes()).into(),
+        id,
+    }
+}
+
+/// Splits `hck_<id>_<secret>` into id and secret, checking their shape
+/// before anything is looked up.
+pub fn parse_api_key(text: &str) -> std::result::Result<(&str, &str), honeycell_auth::Error> {
+    let malformed = |reason| honeycell_auth::Error::MalformedApiKey { reason };
+    let rest = text
+        .strip_prefix(API_KEY_PREFIX)
+        .ok_or(malformed("it does not start with hck_"))?;
+    let (id, secret) = rest
+        .split_once('_')
+        .ok_or(malformed("the id and the secret are not separated by _"))?;
+    if id.len() != ID_HEX
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(malformed("the id is not 16 lower-case hex digits"));
+    }
+    if secret.len() != SECRET_B64
+        || !secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(malformed("the secret is not 43 base64url characters"));
+    }
+    Ok((id, secret))
+}
+
+struct Cached {
+    at: Instant,
+    key: Option<Arc<ApiKey>>,
+}
+
+/// Authenticates requests for one cell.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    verifier: Verifier,
+    store: Store,
+    cache_ttl: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// Key id → latest use (µs), waiting for the next flush.
+    uses: Mutex<HashMap<String, i64>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("store", &self.inner.store.backend())
+            .field("cache_ttl", &self.inner.cache_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(verifier: Verifier, store: Store, cache_ttl: Duration) -> Self {
+        Authenticator {
+            inner: Arc::new(Inner {
+                verifier,
+                store,
+                cache_ttl,
+                cache: Mutex::new(HashMap::new()),
+                uses: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Authenticates an `Authorization` header value (`Bearer <jwt>` or
+    /// `Bearer hck_…`).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<TenantContext> {
+        let raw = authorization.ok_or(honeycell_auth::Error::MissingToken)?;
+        let token = raw
+            .strip_prefix("Bearer ")
+            .or_else(|| raw.strip_prefix("bearer "))
+            .map(str::trim);
+        match token {
+            Some(t) if t.starts_with(API_KEY_PREFIX) => self.api_key(t).await,
+            _ => Ok(self.inner.verifier.verify_bearer(Some(raw))?),
+        }
+    }
+
+    async fn api_key(&self, text: &str) -> Result<TenantContext> {
+        let (id, secret) = parse_api_key(text)?;
+        let key = self
+            .lookup(id)
+            .await?
+            .ok_or(honeycell_auth::Error::BadApiKey)?;
+        let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if !bool::from(presented.ct_eq(&key.secret_sha256)) {
+            return Err(honeycell_auth::Error::BadApiKey.into());
+        }
+        let now = honeycell_types::now_us();
+        if key.revoked_at_us.is_some() {
+            return Err(honeycell_auth::Error::ApiKeyRevoked.into());
+        }
+        if now >= key.expires_at_us {
+            return Err(honeycell_auth::Error::ApiKeyExpired.into());
+        }
+        let scopes = ActionSet::from_scopes(&key.scopes)?;
+        if let Ok(mut uses) = self.inner.uses.lock() {
+            uses.insert(key.id.clone(), now);
+        }
+        Ok(TenantContext {
+            org: key.org.clone(),
+            subject: format!("apikey:{}", key.id),
+            role: key.role,
+            credential: Credential::ApiKey {
+                key_id: key.id.clone(),
+                scopes,
+            },
+        })
+    }
+
+    /// The key record, from the cache when fresh, else from the store.
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKey>>> {
+        if let Ok(cache) = self.inner.cache.lock()
+            && let Some(c) = cache.get(id)
+            && c.at.elapsed() < self.inner.cache_ttl
+        {
+            return Ok(c.key.clone());
+        }
+        let key = self.inner.store.api_key(id).await?.map(Arc::new);
+        if let Ok(mut cache) = self.inner.cache.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(
+                id.to_owned(),
+                Cached {
+                    at: Instant::now(),
+                    key: key.clone(),
+                },
+            );
+        }
+        Ok(key)
+    }
+
+    /// Forgets a cached key at once (this cell revoked or rotated it).
+    pub fn evict(&self, id: &str) {
+        if let Ok(mut cache) = self.inner.cache.lock() {
+            cache.remove(id);
+        }
+    }
+
+    /// Writes the uses recorded since the last flush in one batch.
+    pub async fn flush_last_used(&self) -> Result<usize> {
+        let uses: Vec<(String, i64)> = match self.inner.uses.lock() {
+            Ok(mut u) => u.drain().collect(),
+            Err(_) => return Err(Error::Task("API key use map poisoned".into())),
+        };
+        if uses.is_empty() {
+            return Ok(0);
+        }
+        self.inner.store.touch_api_keys(&uses).await?;
+        Ok(uses.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_hash_their_secret() {
+        let k = generate_api_key();
+        let (id, secret) = parse_api_key(&k.plaintext).unwrap();
+        assert_eq!(id, k.id);
+        let h: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        assert_eq!(h, k.secret_sha256);
+        assert_ne!(generate_api_key().plaintext, k.plaintext);
+    }
+
+    #[test]
+    fn malformed_keys_are_named() {
+        for (bad, why) in [
+            ("hk_0123456789abcdef_x", "start with hck_"),
+            ("hck_0123456789abcdef", "separated"),
+            (
+                "hck_0123456789ABCDEF_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "hex",
+            ),
+            ("hck_0123456789abcdef_short", "43 base64url"),
+            (
+                "hck_0123456789abcdef_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!a",
+                "43 base64url",
+            ),
+        ] {
+            let e = parse_api_key(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
