@@ -71,7 +71,14 @@ pub(crate) fn write_segment(
 ) -> Result<PathBuf> {
     let name = segment_file_name(first, end);
     let path = dir.join(&name);
-    let tmp = dir.join(format!("{name}.tmp"));
+    // A temporary name of its own per write: two writers of the same range
+    // (a compaction and the final seal at shutdown) must never share one
+    // `.tmp` file, whose interleaved writes once produced a segment holding
+    // twice its rows (seen in CI). Each rename is atomic; the last wins,
+    // and both hold the same rows. Recovery removes any `*.tmp`.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}.{}-{n}.tmp", std::process::id()));
     let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let schema = event_schema();
     let mut writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
