@@ -431,27 +431,19 @@ impl PgStore {
     /// Applies pending migrations; returns the schema version afterwards.
     pub async fn migrate(&self) -> Result<i32> {
         let mut client = self.client().await?;
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS honeycell_migrations (
-                     version    integer PRIMARY KEY,
-                     name       text NOT NULL,
-                     applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await
-            .or_else(|e| {
-                // Two first-time migrators racing on CREATE TABLE IF NOT
-                // EXISTS: the loser sees a unique violation on the catalog;
-                // the table exists either way.
-                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
         let tx = client.transaction().await?;
+        // Everything under the lock, the bookkeeping table's creation too:
+        // concurrent CREATE TABLE IF NOT EXISTS can still collide on the
+        // catalog ("type already exists").
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS honeycell_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
         let current: i32 = tx
             .query_one(
                 "SELECT coalesce(max(version), 0) FROM honeycell_migrations",
