@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::ApiState;
 use crate::error::ApiError;
+use crate::graphql_audit::AuditQueryRoot;
 use crate::graphql_edges::EventEdges;
 use crate::graphql_keys::{ApiKeyMutation, ApiKeyQuery};
 use crate::http::{Tenant, build_filter, page_size};
@@ -28,9 +29,10 @@ use honeycell_types::now_us;
 
 pub type HoneycellSchema = Schema<Query, Mutation, EmptySubscription>;
 
-/// Every query field: events (here) and administration (`graphql_keys`).
+/// Every query field: events (here) and administration (`graphql_keys`,
+/// `graphql_audit`).
 #[derive(MergedObject, Default)]
-pub struct Query(QueryRoot, ApiKeyQuery);
+pub struct Query(QueryRoot, ApiKeyQuery, AuditQueryRoot);
 
 /// Every mutation.
 #[derive(MergedObject, Default)]
@@ -320,8 +322,16 @@ pub async fn graphql_handler(
     Tenant(tenant): Tenant,
     req: GraphQLRequest,
 ) -> Response {
-    let req = req.into_inner().data(tenant).data(state.clone());
+    let req = req.into_inner().data(tenant.clone()).data(state.clone());
     let resp = state.schema.execute(req).await;
+    // Every refusal for lack of permission is audited, once per field.
+    for e in &resp.errors {
+        if let Some(async_graphql::Value::String(p)) =
+            e.extensions.as_ref().and_then(|x| x.get("permission"))
+        {
+            state.audit_denied(&tenant, p);
+        }
+    }
     let retry = resp.errors.iter().find_map(|e| {
         e.extensions
             .as_ref()

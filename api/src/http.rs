@@ -40,7 +40,11 @@ impl FromRequestParts<ApiState> for Tenant {
                 })
             })?),
         };
-        Ok(Tenant(state.auth.authenticate(header).await?))
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Tenant(state.auth.authenticate(header, peer).await?))
     }
 }
 
@@ -111,7 +115,11 @@ pub async fn post_events(
     };
     let batch = build_batch(&ctx.org, &events, now_us())?;
     let ids = batch.column(query::col::EVENT_ID).clone();
-    let ack = state.cells.ingest(&ctx, batch).await?;
+    let ack = state
+        .cells
+        .ingest(&ctx, batch)
+        .await
+        .map_err(|e| state.denied(&ctx, e.into()))?;
     let ids: Vec<&str> = arrow::array::AsArray::as_string::<i32>(ids.as_ref())
         .iter()
         .flatten()
@@ -192,7 +200,11 @@ pub async fn get_events(
     )?;
     let limit = page_size(&state, q.limit)?;
     let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
-    let snapshot = state.cells.snapshot(&ctx).await?;
+    let snapshot = state
+        .cells
+        .snapshot(&ctx)
+        .await
+        .map_err(|e| state.denied(&ctx, e.into()))?;
     let page = query::page(&snapshot, &filter, after, limit)?;
     let next = page.next_cursor.map(Cursor::encode);
 

@@ -10,7 +10,9 @@
 //! the REST routes and `graphql.rs` for the schema.
 
 pub mod error;
+use error::ApiError;
 pub mod graphql;
+mod graphql_audit;
 mod graphql_edges;
 mod graphql_keys;
 pub mod http;
@@ -94,6 +96,29 @@ impl ApiState {
     }
 }
 
+impl ApiState {
+    /// Audits a refusal for lack of permission (403); passes `e` through.
+    pub fn denied(&self, ctx: &honeycell_auth::TenantContext, e: ApiError) -> ApiError {
+        if let Some(permission) = e.permission {
+            self.audit_denied(ctx, permission);
+        }
+        e
+    }
+
+    pub(crate) fn audit_denied(&self, ctx: &honeycell_auth::TenantContext, permission: &str) {
+        self.audit.record(honeycell_control::AuditDraft {
+            org: ctx.org.clone(),
+            at_us: honeycell_types::now_us(),
+            actor: ctx.subject.clone(),
+            action: "permission.denied".to_owned(),
+            resource: permission.to_owned(),
+            result: "denied".to_owned(),
+            trace_id: None,
+            detail: None,
+        });
+    }
+}
+
 /// All routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -120,7 +145,10 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.wait())
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.wait())
+    .await
 }

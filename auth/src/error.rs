@@ -79,6 +79,11 @@ pub enum Error {
 
     #[error("this API key has expired; rotate it or create a new one")]
     ApiKeyExpired,
+
+    #[error(
+        "too many failed authentication attempts from this address or for this key; retry after {retry_after_secs} s"
+    )]
+    TooManyFailures { retry_after_secs: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -109,7 +114,27 @@ impl Error {
             | Error::BadApiKey
             | Error::ApiKeyRevoked
             | Error::ApiKeyExpired => ErrorClass::Unauthenticated,
+            Error::TooManyFailures { retry_after_secs } => ErrorClass::Overloaded {
+                retry_after: std::time::Duration::from_secs(*retry_after_secs),
+            },
         }
+    }
+
+    /// Whether this failure looks like guessing or forging a credential (a
+    /// wrong signature or secret, garbage), as opposed to a genuine but
+    /// stale one (expired, revoked) or none at all. Only these count
+    /// towards brute-force limits, so that clients refreshing expired
+    /// tokens are never locked out.
+    pub fn suggests_guessing(&self) -> bool {
+        matches!(
+            self,
+            Error::Malformed { .. }
+                | Error::AlgNone
+                | Error::AlgorithmNotAllowed { .. }
+                | Error::BadSignature
+                | Error::MalformedApiKey { .. }
+                | Error::BadApiKey
+        )
     }
 
     /// A stable snake_case code per variant for JSON error bodies; clients
@@ -136,6 +161,7 @@ impl Error {
             Error::BadApiKey => "bad_api_key",
             Error::ApiKeyRevoked => "api_key_revoked",
             Error::ApiKeyExpired => "api_key_expired",
+            Error::TooManyFailures { .. } => "too_many_failed_attempts",
         }
     }
 }

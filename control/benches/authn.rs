@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use honeycell_auth::{JwtConfig, Role, Signer, Verifier};
-use honeycell_control::{ApiKey, Authenticator, EmbeddedStore, Store, generate_api_key};
+use honeycell_control::{
+    ApiKey, AuditSink, Authenticator, BruteForce, EmbeddedStore, Store, generate_api_key,
+};
 use honeycell_types::OrgId;
 
 fn authn(c: &mut Criterion) {
@@ -42,9 +44,16 @@ fn authn(c: &mut Criterion) {
     }))
     .expect("insert key");
     // A long TTL keeps the store out of the measurement.
-    let auth = Authenticator::new(verifier, store, Duration::from_secs(3600));
+    let (audit, _writer) = rt.block_on(async { AuditSink::spawn(store.clone()) });
+    let auth = Authenticator::new(
+        verifier,
+        store,
+        audit,
+        Duration::from_secs(3600),
+        BruteForce::default(),
+    );
     let key_header = format!("Bearer {}", new.plaintext);
-    rt.block_on(auth.authenticate(Some(&key_header)))
+    rt.block_on(auth.authenticate(Some(&key_header), None))
         .expect("warm the cache");
     let token = Signer::new(&config)
         .expect("signer")
@@ -60,13 +69,13 @@ fn authn(c: &mut Criterion) {
     let mut group = c.benchmark_group("authenticate");
     group.bench_function("api_key_cached", |b| {
         b.iter(|| {
-            rt.block_on(auth.authenticate(Some(black_box(&key_header))))
+            rt.block_on(auth.authenticate(Some(black_box(&key_header)), None))
                 .expect("valid key")
         })
     });
     group.bench_function("jwt_hs256", |b| {
         b.iter(|| {
-            rt.block_on(auth.authenticate(Some(black_box(&jwt_header))))
+            rt.block_on(auth.authenticate(Some(black_box(&jwt_header)), None))
                 .expect("valid token")
         })
     });

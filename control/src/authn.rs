@@ -14,10 +14,18 @@
 //! seconds), never per request. A key's caller gets the subject
 //! `apikey:<id>`, so each key has its own client rate-limit bucket.
 //!
+//! Brute force. Failed attempts that look like guessing (wrong secret or
+//! signature, garbage — not expired or revoked credentials) are counted per
+//! source address and per API key id in token buckets (`max_failures` per `window`, per cell); while a
+//! bucket is empty, attempts from that address or for that key are refused
+//! with 429 and `Retry-After` before any key is looked up or any signature
+//! checked. A failure against a real key (its org is known) is audited.
+//!
 //! One [`Authenticator`] per cell: its locks are only ever taken by that
 //! cell's thread (or, in `--runtime shared`, by the shared pool).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +36,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::Store;
+use crate::audit_sink::AuditSink;
 use crate::error::{Error, Result};
-use crate::model::ApiKey;
+use crate::model::{ApiKey, AuditDraft};
 
 /// The prefix that tells an API key from a JWT.
 pub const API_KEY_PREFIX: &str = "hck_";
@@ -91,6 +100,73 @@ struct Cached {
     key: Option<Arc<ApiKey>>,
 }
 
+/// Limits on failed authentication (per cell).
+#[derive(Clone, Copy, Debug)]
+pub struct BruteForce {
+    /// Failures allowed per source address, and per API key id, in `window`.
+    pub max_failures: u32,
+    pub window: Duration,
+}
+
+impl Default for BruteForce {
+    fn default() -> Self {
+        BruteForce {
+            max_failures: 10,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A token bucket of allowed failures.
+struct FailBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Failure buckets by address or key id.
+struct Failures<K> {
+    limit: BruteForce,
+    buckets: HashMap<K, FailBucket>,
+}
+
+impl<K: std::hash::Hash + Eq> Failures<K> {
+    fn new(limit: BruteForce) -> Self {
+        Failures {
+            limit,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        f64::from(self.limit.max_failures) / self.limit.window.as_secs_f64().max(0.001)
+    }
+
+    /// `Some(seconds to wait)` while `k` has no failures left.
+    fn blocked(&mut self, k: &K) -> Option<u64> {
+        let rate = self.rate();
+        let cap = f64::from(self.limit.max_failures);
+        let b = self.buckets.get_mut(k)?;
+        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64() * rate).min(cap);
+        b.at = Instant::now();
+        (b.tokens < 1.0).then(|| ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64)
+    }
+
+    fn fail(&mut self, k: K) {
+        if self.buckets.len() >= MAX_CACHED {
+            // A flood of distinct addresses: start over rather than grow.
+            self.buckets.clear();
+        }
+        let rate = self.rate();
+        let cap = f64::from(self.limit.max_failures);
+        let b = self.buckets.entry(k).or_insert(FailBucket {
+            tokens: cap,
+            at: Instant::now(),
+        });
+        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64() * rate).min(cap) - 1.0;
+        b.at = Instant::now();
+    }
+}
+
 /// Authenticates requests for one cell.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -100,6 +176,9 @@ pub struct Authenticator {
 struct Inner {
     verifier: Verifier,
     store: Store,
+    audit: AuditSink,
+    by_addr: Mutex<Failures<IpAddr>>,
+    by_key: Mutex<Failures<String>>,
     cache_ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
     /// Key id → latest use (µs), waiting for the next flush.
@@ -116,11 +195,20 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(verifier: Verifier, store: Store, cache_ttl: Duration) -> Self {
+    pub fn new(
+        verifier: Verifier,
+        store: Store,
+        audit: AuditSink,
+        cache_ttl: Duration,
+        brute_force: BruteForce,
+    ) -> Self {
         Authenticator {
             inner: Arc::new(Inner {
                 verifier,
                 store,
+                audit,
+                by_addr: Mutex::new(Failures::new(brute_force)),
+                by_key: Mutex::new(Failures::new(brute_force)),
                 cache_ttl,
                 cache: Mutex::new(HashMap::new()),
                 uses: Mutex::new(HashMap::new()),
@@ -138,26 +226,78 @@ impl Authenticator {
 
     /// Authenticates an `Authorization` header value (`Bearer <jwt>` or
     /// `Bearer hck_…`).
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<TenantContext> {
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<TenantContext> {
+        if let Some(ip) = peer
+            && let Some(wait) = self
+                .inner
+                .by_addr
+                .lock()
+                .ok()
+                .and_then(|mut f| f.blocked(&ip))
+        {
+            return Err(Error::Auth(honeycell_auth::Error::TooManyFailures {
+                retry_after_secs: wait,
+            }));
+        }
         let raw = authorization.ok_or(honeycell_auth::Error::MissingToken)?;
         let token = raw
             .strip_prefix("Bearer ")
             .or_else(|| raw.strip_prefix("bearer "))
             .map(str::trim);
-        match token {
-            Some(t) if t.starts_with(API_KEY_PREFIX) => self.api_key(t).await,
-            _ => Ok(self.inner.verifier.verify_bearer(Some(raw))?),
+        let result = match token {
+            Some(t) if t.starts_with(API_KEY_PREFIX) => self.api_key(t, peer).await,
+            _ => self
+                .inner
+                .verifier
+                .verify_bearer(Some(raw))
+                .map_err(Error::from),
+        };
+        if let (Err(Error::Auth(e)), Some(ip)) = (&result, peer)
+            && e.suggests_guessing()
+            && let Ok(mut f) = self.inner.by_addr.lock()
+        {
+            f.fail(ip);
         }
+        result
     }
 
-    async fn api_key(&self, text: &str) -> Result<TenantContext> {
+    async fn api_key(&self, text: &str, peer: Option<IpAddr>) -> Result<TenantContext> {
         let (id, secret) = parse_api_key(text)?;
+        let id_owned = id.to_owned();
+        if let Some(wait) = self
+            .inner
+            .by_key
+            .lock()
+            .ok()
+            .and_then(|mut f| f.blocked(&id_owned))
+        {
+            return Err(Error::Auth(honeycell_auth::Error::TooManyFailures {
+                retry_after_secs: wait,
+            }));
+        }
         let key = self
             .lookup(id)
             .await?
             .ok_or(honeycell_auth::Error::BadApiKey)?;
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         if !bool::from(presented.ct_eq(&key.secret_sha256)) {
+            if let Ok(mut f) = self.inner.by_key.lock() {
+                f.fail(id_owned);
+            }
+            self.inner.audit.record(AuditDraft {
+                org: key.org.clone(),
+                at_us: honeycell_types::now_us(),
+                actor: peer.map_or_else(|| "unknown".to_owned(), |ip| format!("ip:{ip}")),
+                action: "auth.failed".to_owned(),
+                resource: format!("apikey/{}", key.id),
+                result: "denied".to_owned(),
+                trace_id: None,
+                detail: Some("wrong secret".to_owned()),
+            });
             return Err(honeycell_auth::Error::BadApiKey.into());
         }
         let now = honeycell_types::now_us();

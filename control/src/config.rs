@@ -45,6 +45,11 @@ pub struct ControlConfig {
     pub api_key_cache_ttl: String,
     /// How often each cell writes API keys' last-use times (in one batch).
     pub last_used_flush: String,
+    /// Failed authentications allowed per source address, and per API key
+    /// id, in `brute_force_window` (per cell); then 429 until the window
+    /// refills.
+    pub brute_force_max_failures: u32,
+    pub brute_force_window: String,
 }
 
 impl Default for ControlConfig {
@@ -57,6 +62,8 @@ impl Default for ControlConfig {
             connect_timeout: "5s".into(),
             api_key_cache_ttl: "1s".into(),
             last_used_flush: "5s".into(),
+            brute_force_max_failures: 10,
+            brute_force_window: "1m".into(),
         }
     }
 }
@@ -74,6 +81,8 @@ impl std::fmt::Debug for ControlConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("api_key_cache_ttl", &self.api_key_cache_ttl)
             .field("last_used_flush", &self.last_used_flush)
+            .field("brute_force_max_failures", &self.brute_force_max_failures)
+            .field("brute_force_window", &self.brute_force_window)
             .finish()
     }
 }
@@ -112,6 +121,7 @@ impl ControlConfig {
     pub fn validate(&self) -> Result<()> {
         self.timeout()?;
         self.last_used_flush()?;
+        self.brute_force()?;
         if self.api_key_cache_ttl()? > Duration::from_secs(1) {
             return Err(Error::Config(format!(
                 "control.api_key_cache_ttl {:?} is over 1s: revocations must reach every cell within a second",
@@ -137,6 +147,20 @@ impl ControlConfig {
 
     pub fn api_key_cache_ttl(&self) -> Result<Duration> {
         duration("api_key_cache_ttl", &self.api_key_cache_ttl)
+    }
+
+    pub fn brute_force(&self) -> Result<crate::BruteForce> {
+        let window = duration("brute_force_window", &self.brute_force_window)?;
+        if self.brute_force_max_failures == 0 || window.is_zero() {
+            return Err(Error::Config(
+                "control.brute_force_max_failures and control.brute_force_window must be above 0"
+                    .into(),
+            ));
+        }
+        Ok(crate::BruteForce {
+            max_failures: self.brute_force_max_failures,
+            window,
+        })
     }
 
     pub fn last_used_flush(&self) -> Result<Duration> {

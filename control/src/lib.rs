@@ -28,7 +28,9 @@ mod postgres;
 
 pub use audit::{ChainBreak, ChainVerifier, GENESIS, chain, entry_hash, verify_chain};
 pub use audit_sink::AuditSink;
-pub use authn::{API_KEY_PREFIX, Authenticator, NewApiKey, generate_api_key, parse_api_key};
+pub use authn::{
+    API_KEY_PREFIX, Authenticator, BruteForce, NewApiKey, generate_api_key, parse_api_key,
+};
 pub use config::{ControlConfig, StoreKind, StoreOpener};
 pub use embedded::EmbeddedStore;
 pub use error::{Error, Result};

@@ -62,7 +62,8 @@ impl FlightState {
                 })
             })?),
         };
-        Ok(self.auth.authenticate(header).await?)
+        let peer = request.remote_addr().map(|a| a.ip());
+        Ok(self.auth.authenticate(header, peer).await?)
     }
 
     /// The location of the cell owning `org`: bulk reads go straight there.

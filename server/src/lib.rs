@@ -74,6 +74,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     tracing::info!(backend = opener.backend(), "control plane store ready");
     let key_ttl = config.control.api_key_cache_ttl()?;
     let flush_every = config.control.last_used_flush()?;
+    let brute_force = config.control.brute_force()?;
 
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
@@ -130,8 +131,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                     return;
                 }
             };
-            let auth = Authenticator::new(verifier, control.clone(), key_ttl);
-            let (audit, audit_writer) = AuditSink::spawn(control);
+            let (audit, audit_writer) = AuditSink::spawn(control.clone());
+            let auth = Authenticator::new(verifier, control, audit.clone(), key_ttl, brute_force);
             let api = ApiState::new(ctx.handle.clone(), auth.clone(), http_config, audit);
             let flight_state = FlightState {
                 cells: ctx.handle.clone(),

@@ -408,3 +408,160 @@ async fn last_use_is_batched_secrets_are_hashed_and_changes_are_audited() {
         "{text}"
     );
 }
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address
+/// reaches the server's 127.0.0.1 listener on Linux).
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .build()
+        .expect("client")
+}
+
+const AUDIT: &str = "query($action: String, $before: Int, $first: Int) {
+  auditLog(action: $action, before: $before, first: $first) {
+    entries { seq at actor action resource result hash } nextBefore
+  }
+}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_rate_limited_per_address_and_key_and_audited() {
+    let server = TestServer::builder()
+        .cells(1)
+        .env("HONEYCELL_CONTROL__BRUTE_FORCE_MAX_FAILURES", 5)
+        .env("HONEYCELL_CONTROL__BRUTE_FORCE_WINDOW", "1m")
+        .start()
+        .await;
+    let admin = server.token("acme", Role::Admin);
+    let (key, id) = create(&server, &admin, "OPERATOR", json!([]), None).await;
+    let wrong = format!("hck_{id}_{}", "C".repeat(43));
+    let get = |client: reqwest::Client, token: String| {
+        let url = server.url("/v1/events?limit=1");
+        async move {
+            let r = client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("GET");
+            let status = r.status().as_u16();
+            let retry = r.headers().get("retry-after").cloned();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, retry, body)
+        }
+    };
+    let attacker = client_from([127, 0, 0, 1]);
+    for _ in 0..5 {
+        let (status, _, body) = get(attacker.clone(), wrong.clone()).await;
+        assert_eq!(
+            (status, body["error"]["code"].clone()),
+            (401, json!("bad_api_key"))
+        );
+    }
+    // The address has used its failures: even valid credentials wait.
+    let (status, retry, body) = get(attacker.clone(), key.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_failed_attempts", "{body}");
+    let secs: u64 = retry
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&secs), "{secs}");
+    let (status, _, _) = get(attacker.clone(), admin.clone()).await;
+    assert_eq!(status, 429, "per address, whatever the credential");
+
+    // From another address: the key itself is locked, JWTs work.
+    let other = client_from([127, 0, 0, 2]);
+    let (status, _, body) = get(other.clone(), key.clone()).await;
+    assert_eq!(status, 429, "per key id: {body}");
+    let (status, _, _) = get(other.clone(), admin.clone()).await;
+    assert_eq!(status, 200);
+
+    // The failures against the real key are in acme's audit log.
+    let gql = |token: String, vars: Value| {
+        let client = other.clone();
+        let url = server.url("/graphql");
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"query": AUDIT, "variables": vars}))
+                .send()
+                .await
+                .expect("POST /graphql");
+            r.json::<Value>().await.expect("JSON")
+        }
+    };
+    // (Written in the background: poll briefly.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let entries = loop {
+        let body = gql(admin.clone(), json!({"action": "auth.failed"})).await;
+        let entries = body["data"]["auditLog"]["entries"]
+            .as_array()
+            .expect("entries")
+            .clone();
+        if entries.len() >= 5 || Instant::now() > deadline {
+            assert_eq!(entries.len(), 5, "{body}");
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for e in &entries {
+        assert_eq!(e["actor"], "ip:127.0.0.1");
+        assert_eq!(e["resource"], format!("apikey/{id}"));
+        assert_eq!(e["result"], "denied");
+    }
+    // Paging backwards by sequence number, newest first.
+    let body = gql(admin.clone(), json!({"first": 2})).await;
+    let page = &body["data"]["auditLog"];
+    let seqs: Vec<u64> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 2, "{body}");
+    assert!(seqs[0] > seqs[1], "{seqs:?}");
+    let body = gql(
+        admin.clone(),
+        json!({"first": 2, "before": page["nextBefore"]}),
+    )
+    .await;
+    let next: Vec<u64> = body["data"]["auditLog"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(next, [seqs[1] - 1, seqs[1] - 2], "{body}");
+
+    // Another org sees none of it; a viewer may not read it, and that
+    // refusal is audited too.
+    let bravo = server.token("bravo", Role::Admin);
+    let body = gql(bravo, json!({})).await;
+    assert_eq!(body["data"]["auditLog"]["entries"], json!([]), "{body}");
+    let viewer = server.token_for("acme", "vera", Role::Viewer);
+    let body = gql(viewer, json!({})).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["permission"], "org:administer",
+        "{body}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = gql(admin.clone(), json!({"action": "permission.denied"})).await;
+        let entries = body["data"]["auditLog"]["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if entries
+            .iter()
+            .any(|e| e["actor"] == "vera" && e["resource"] == "org:administer")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "denial never audited: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -560,7 +560,12 @@ fn bad_credentials(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_over_http_and_flight() {
-    let server = TestServer::new().await;
+    // Dozens of forged tokens from one address: lift the brute-force limit,
+    // which has its own test (api_keys.rs), to see every error's mapping.
+    let server = TestServer::builder()
+        .env("HONEYCELL_CONTROL__BRUTE_FORCE_MAX_FAILURES", 1_000_000)
+        .start()
+        .await;
     let valid = server.token("jwt-org", Role::Admin);
     server.ingest_n(&valid, 3, 0).await;
     let cases = bad_credentials(&server);
