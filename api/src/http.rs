@@ -58,6 +58,10 @@ fn route_label(method: &Method, path: Option<&str>) -> &'static str {
         ("GET", "/health") => "GET /health",
         ("GET", "/ready") => "GET /ready",
         ("GET", "/metrics") => "GET /metrics",
+        ("POST", "/auth/token") => "POST /auth/token",
+        ("POST", "/auth/refresh") => "POST /auth/refresh",
+        ("POST", "/auth/logout") => "POST /auth/logout",
+        ("GET", "/.well-known/jwks.json") => "GET /.well-known/jwks.json",
         _ => "other",
     }
 }

@@ -9,6 +9,7 @@
 //! (`error.rs`); it deliberately holds no tenant state. Read `http.rs` for
 //! the REST routes and `graphql.rs` for the schema.
 
+pub mod auth_routes;
 pub mod error;
 use error::ApiError;
 pub mod graphql;
@@ -129,6 +130,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/health", get(http::health))
         .route("/ready", get(http::ready))
+        .route("/auth/token", axum::routing::post(auth_routes::token))
+        .route("/auth/refresh", axum::routing::post(auth_routes::refresh))
+        .route("/auth/logout", axum::routing::post(auth_routes::logout))
+        .route("/.well-known/jwks.json", get(auth_routes::jwks))
         .route("/metrics", get(http::metrics_text))
         .fallback(http::not_found)
         // The body limit is enforced by the handlers with a JSON error; the

@@ -30,6 +30,8 @@ pub enum Credential {
         expires_at: u64,
         /// The `jti` claim, for revocation lists and audit.
         token_id: Option<String>,
+        /// The `scope` claim (all actions when absent).
+        scopes: ActionSet,
     },
     /// An API key (`hck_<id>_<secret>`), checked against the control plane.
     ApiKey {
@@ -45,8 +47,9 @@ impl TenantContext {
     pub fn permits(&self, action: Action) -> bool {
         self.role.permits(action)
             && match &self.credential {
-                Credential::Jwt { .. } => true,
-                Credential::ApiKey { scopes, .. } => scopes.contains(action),
+                Credential::Jwt { scopes, .. } | Credential::ApiKey { scopes, .. } => {
+                    scopes.contains(action)
+                }
             }
     }
 }

@@ -80,6 +80,12 @@ pub enum Error {
     #[error("this API key has expired; rotate it or create a new one")]
     ApiKeyExpired,
 
+    #[error("unknown or revoked refresh token; sign in again")]
+    BadRefreshToken,
+
+    #[error("this refresh token has expired; sign in again")]
+    RefreshExpired,
+
     #[error(
         "too many failed authentication attempts from this address or for this key; retry after {retry_after_secs} s"
     )]
@@ -113,7 +119,9 @@ impl Error {
             | Error::MalformedApiKey { .. }
             | Error::BadApiKey
             | Error::ApiKeyRevoked
-            | Error::ApiKeyExpired => ErrorClass::Unauthenticated,
+            | Error::ApiKeyExpired
+            | Error::BadRefreshToken
+            | Error::RefreshExpired => ErrorClass::Unauthenticated,
             Error::TooManyFailures { retry_after_secs } => ErrorClass::Overloaded {
                 retry_after: std::time::Duration::from_secs(*retry_after_secs),
             },
@@ -134,6 +142,7 @@ impl Error {
                 | Error::BadSignature
                 | Error::MalformedApiKey { .. }
                 | Error::BadApiKey
+                | Error::BadRefreshToken
         )
     }
 
@@ -162,6 +171,8 @@ impl Error {
             Error::ApiKeyRevoked => "api_key_revoked",
             Error::ApiKeyExpired => "api_key_expired",
             Error::TooManyFailures { .. } => "too_many_failed_attempts",
+            Error::BadRefreshToken => "bad_refresh_token",
+            Error::RefreshExpired => "refresh_token_expired",
         }
     }
 }

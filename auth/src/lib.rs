@@ -25,6 +25,7 @@
 mod config;
 mod context;
 mod error;
+mod managed;
 mod role;
 mod sign;
 mod verify;
@@ -32,9 +33,10 @@ mod verify;
 pub use config::JwtConfig;
 pub use context::{Credential, TenantContext};
 pub use error::{Error, Result};
+pub use managed::{GeneratedKey, ed25519_jwk, generate_ed25519};
 pub use role::{Action, ActionSet, Role};
 pub use sign::{Signer, parse_ttl};
-pub use verify::Verifier;
+pub use verify::{Verifier, peek_kid};
 
 #[cfg(test)]
 mod tests;

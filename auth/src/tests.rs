@@ -115,6 +115,7 @@ fn round_trip(config: &JwtConfig) {
         key_id,
         expires_at,
         token_id,
+        ..
     } = ctx.credential
     else {
         panic!("a JWT credential, got {:?}", ctx.credential);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::config::{JwtConfig, KeyAlg};
 use crate::context::{Credential, TenantContext, check_subject};
 use crate::error::{Error, Result};
-use crate::role::Role;
+use crate::role::{ActionSet, Role};
 
 /// Longest token accepted. Ours are a few hundred bytes; the bound keeps the
 /// work done on hostile input small before any signature is checked.
@@ -64,6 +64,7 @@ struct RawClaims {
     role: Option<Value>,
     exp: Option<Value>,
     jti: Option<Value>,
+    scope: Option<Value>,
 }
 
 impl Verifier {
@@ -83,6 +84,32 @@ impl Verifier {
         Ok(Self {
             inner: Arc::new(Inner {
                 alg,
+                key,
+                validation,
+                issuer: config.issuer.clone(),
+                audience: config.audience.clone(),
+            }),
+        })
+    }
+
+    /// A verifier for one server-managed Ed25519 key (SPKI PEM), with the
+    /// issuer, audience and leeway of `config`.
+    pub fn ed25519(kid: &str, public_pem: &str, config: &JwtConfig) -> Result<Self> {
+        let key = DecodingKey::from_ed_pem(public_pem.as_bytes()).map_err(|e| Error::Config {
+            key: "signing key",
+            reason: format!("key {kid} is not an Ed25519 public key in PEM: {e}"),
+        })?;
+        let mut validation = Validation::new(KeyAlg::EdDsa.jwt());
+        validation.leeway = config.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                alg: KeyAlg::EdDsa,
                 key,
                 validation,
                 issuer: config.issuer.clone(),
@@ -166,6 +193,27 @@ impl Verifier {
                 reason: "must be a number of seconds since the Unix epoch".to_owned(),
             })?;
 
+        let scopes = match claims.scope {
+            None | Some(Value::Null) => ActionSet::ALL,
+            Some(Value::String(s)) => {
+                let names: Vec<&str> = s.split_whitespace().collect();
+                if names.is_empty() {
+                    ActionSet::ALL
+                } else {
+                    ActionSet::from_scopes(&names).map_err(|e| Error::InvalidClaim {
+                        claim: "scope",
+                        reason: e.to_string(),
+                    })?
+                }
+            }
+            Some(_) => {
+                return Err(Error::InvalidClaim {
+                    claim: "scope",
+                    reason: "must be a space-separated string".to_owned(),
+                });
+            }
+        };
+
         Ok(TenantContext {
             org,
             subject,
@@ -174,6 +222,7 @@ impl Verifier {
                 key_id,
                 expires_at,
                 token_id,
+                scopes,
             },
         })
     }
@@ -269,6 +318,20 @@ impl Verifier {
                 reason: "the token could not be decoded",
             },
         }
+    }
+}
+
+/// The `kid` of a compact JWT's header, without verifying anything (to pick
+/// the key that will).
+pub fn peek_kid(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    if header.len() > 1024 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(header).ok()?;
+    match serde_json::from_slice::<RawHeader>(&bytes).ok()?.kid {
+        Some(Value::String(kid)) => Some(kid),
+        _ => None,
     }
 }
 

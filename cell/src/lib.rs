@@ -70,7 +70,7 @@ pub enum Error {
         permission: &'static str,
     },
     #[error(
-        "forbidden: this API key's scopes do not include the permission {permission}; create a key with that scope"
+        "forbidden: this credential's scopes do not include the permission {permission}; use a key or token with that scope"
     )]
     ScopeForbidden { permission: &'static str },
     #[error("invalid filter {field}: {reason}")]

@@ -47,6 +47,7 @@ fn authn(c: &mut Criterion) {
     let (audit, _writer) = rt.block_on(async { AuditSink::spawn(store.clone()) });
     let auth = Authenticator::new(
         verifier,
+        None,
         store,
         audit,
         Duration::from_secs(3600),

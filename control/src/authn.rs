@@ -175,6 +175,8 @@ pub struct Authenticator {
 
 struct Inner {
     verifier: Verifier,
+    /// Server-managed keys (`kid` `hc-…`), when the server issues tokens.
+    tokens: Option<crate::TokenService>,
     store: Store,
     audit: AuditSink,
     by_addr: Mutex<Failures<IpAddr>>,
@@ -195,8 +197,12 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// `tokens`: the server's managed signing keys, when it issues tokens
+    /// (their JWTs carry a `kid` starting `hc-`); other JWTs go to
+    /// `verifier`.
     pub fn new(
         verifier: Verifier,
+        tokens: Option<crate::TokenService>,
         store: Store,
         audit: AuditSink,
         cache_ttl: Duration,
@@ -205,6 +211,7 @@ impl Authenticator {
         Authenticator {
             inner: Arc::new(Inner {
                 verifier,
+                tokens,
                 store,
                 audit,
                 by_addr: Mutex::new(Failures::new(brute_force)),
@@ -213,6 +220,26 @@ impl Authenticator {
                 cache: Mutex::new(HashMap::new()),
                 uses: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    pub fn tokens(&self) -> Option<&crate::TokenService> {
+        self.inner.tokens.as_ref()
+    }
+
+    /// `Some(seconds)` while `peer` may not try again (for endpoints that
+    /// check credentials of their own, such as `/auth/refresh`).
+    pub fn blocked(&self, peer: Option<IpAddr>) -> Option<u64> {
+        let ip = peer?;
+        self.inner.by_addr.lock().ok()?.blocked(&ip)
+    }
+
+    /// Counts a failed attempt from `peer`.
+    pub fn failed(&self, peer: Option<IpAddr>) {
+        if let Some(ip) = peer
+            && let Ok(mut f) = self.inner.by_addr.lock()
+        {
+            f.fail(ip);
         }
     }
 
@@ -250,7 +277,8 @@ impl Authenticator {
             .map(str::trim);
         let result = match token {
             Some(t) if t.starts_with(API_KEY_PREFIX) => self.api_key(t, peer).await,
-            _ => self
+            Some(t) => self.jwt(t, raw).await,
+            None => self
                 .inner
                 .verifier
                 .verify_bearer(Some(raw))
@@ -263,6 +291,21 @@ impl Authenticator {
             f.fail(ip);
         }
         result
+    }
+
+    /// A JWT: by a managed key when its `kid` is one of ours (`hc-…`), else
+    /// by the configured key.
+    async fn jwt(&self, token: &str, raw: &str) -> Result<TenantContext> {
+        if let Some(tokens) = &self.inner.tokens
+            && let Some(kid) = honeycell_auth::peek_kid(token)
+            && kid.starts_with(crate::tokens::KID_PREFIX)
+        {
+            return match tokens.verifier_for(&kid).await? {
+                Some(v) => Ok(v.verify(token)?),
+                None => Err(honeycell_auth::Error::BadSignature.into()),
+            };
+        }
+        Ok(self.inner.verifier.verify_bearer(Some(raw))?)
     }
 
     async fn api_key(&self, text: &str, peer: Option<IpAddr>) -> Result<TenantContext> {

@@ -50,6 +50,13 @@ pub struct ControlConfig {
     /// refills.
     pub brute_force_max_failures: u32,
     pub brute_force_window: String,
+    /// Lifetime of access tokens issued by `/auth/token` and `/auth/refresh`.
+    pub access_token_ttl: String,
+    /// Lifetime of refresh tokens.
+    pub refresh_token_ttl: String,
+    /// How often each cell re-reads the signing keys (to pick up a
+    /// `honeycell keys rotate`); unknown `kid`s trigger a re-read at once.
+    pub signing_key_reload: String,
 }
 
 impl Default for ControlConfig {
@@ -64,6 +71,9 @@ impl Default for ControlConfig {
             last_used_flush: "5s".into(),
             brute_force_max_failures: 10,
             brute_force_window: "1m".into(),
+            access_token_ttl: "15m".into(),
+            refresh_token_ttl: "7d".into(),
+            signing_key_reload: "30s".into(),
         }
     }
 }
@@ -83,6 +93,9 @@ impl std::fmt::Debug for ControlConfig {
             .field("last_used_flush", &self.last_used_flush)
             .field("brute_force_max_failures", &self.brute_force_max_failures)
             .field("brute_force_window", &self.brute_force_window)
+            .field("access_token_ttl", &self.access_token_ttl)
+            .field("refresh_token_ttl", &self.refresh_token_ttl)
+            .field("signing_key_reload", &self.signing_key_reload)
             .finish()
     }
 }
@@ -122,6 +135,8 @@ impl ControlConfig {
         self.timeout()?;
         self.last_used_flush()?;
         self.brute_force()?;
+        self.token_ttls()?;
+        self.signing_key_reload()?;
         if self.api_key_cache_ttl()? > Duration::from_secs(1) {
             return Err(Error::Config(format!(
                 "control.api_key_cache_ttl {:?} is over 1s: revocations must reach every cell within a second",
@@ -163,6 +178,22 @@ impl ControlConfig {
         })
     }
 
+    /// (access, refresh) token lifetimes.
+    pub fn token_ttls(&self) -> Result<(Duration, Duration)> {
+        let access = duration("access_token_ttl", &self.access_token_ttl)?;
+        let refresh = duration("refresh_token_ttl", &self.refresh_token_ttl)?;
+        if access < Duration::from_secs(1) || refresh <= access {
+            return Err(Error::Config(
+                "control.access_token_ttl must be at least 1s and control.refresh_token_ttl longer than it".into(),
+            ));
+        }
+        Ok((access, refresh))
+    }
+
+    pub fn signing_key_reload(&self) -> Result<Duration> {
+        duration("signing_key_reload", &self.signing_key_reload)
+    }
+
     pub fn last_used_flush(&self) -> Result<Duration> {
         let d = duration("last_used_flush", &self.last_used_flush)?;
         if d.is_zero() {
@@ -198,6 +229,12 @@ impl ControlConfig {
     /// what each cell opens its own store from, and a store for the caller.
     pub async fn prepare(&self, data_dir: &Path) -> Result<(StoreOpener, Store)> {
         self.validate()?;
+        let (opener, store) = self.open_store(data_dir).await?;
+        crate::ensure_signing_key(&store).await?;
+        Ok((opener, store))
+    }
+
+    async fn open_store(&self, data_dir: &Path) -> Result<(StoreOpener, Store)> {
         match self.store {
             StoreKind::Embedded => {
                 let file = self.embedded_file(data_dir);

@@ -44,6 +44,16 @@ pub enum Error {
     #[error("control store task failed: {0}")]
     Task(String),
 
+    /// A retired refresh token was presented again: its family is revoked.
+    #[error(
+        "this refresh token was already used; every token of its login has been revoked, sign in again"
+    )]
+    RefreshReuse {
+        family: String,
+        org: honeycell_types::OrgId,
+        subject: String,
+    },
+
     /// A presented credential was refused.
     #[error(transparent)]
     Auth(#[from] honeycell_auth::Error),
@@ -78,6 +88,7 @@ impl Error {
         match self {
             Error::Conflict { .. } => ErrorClass::Conflict,
             Error::Auth(e) => e.class(),
+            Error::RefreshReuse { .. } => ErrorClass::Unauthenticated,
             Error::Config(_) => ErrorClass::Internal,
             _ => ErrorClass::Unavailable,
         }

@@ -25,6 +25,7 @@ mod embedded;
 mod error;
 mod model;
 mod postgres;
+mod tokens;
 
 pub use audit::{ChainBreak, ChainVerifier, GENESIS, chain, entry_hash, verify_chain};
 pub use audit_sink::AuditSink;
@@ -39,6 +40,7 @@ pub use model::{
     Rotation, SigningKey, User,
 };
 pub use postgres::{PgConfig, PgStore};
+pub use tokens::{REFRESH_PREFIX, TokenPair, TokenService, ensure_signing_key, rotate_signing_key};
 
 use honeycell_auth::Role;
 use honeycell_types::OrgId;

@@ -67,3 +67,82 @@ pub fn audit_verify(config: &Config, org: Option<&str>) -> anyhow::Result<Vec<Ve
         Ok(out)
     })
 }
+
+/// `honeycell keys rotate`: a new signing key; the others are retired (they
+/// keep verifying until the tokens they signed expire).
+pub fn keys_rotate(config: &Config) -> anyhow::Result<String> {
+    config.validate()?;
+    runtime()?.block_on(async {
+        let (_, store) = config
+            .control
+            .prepare(&config.data_dir)
+            .await
+            .context("control plane store")?;
+        let kid = honeycell_control::rotate_signing_key(&store).await?;
+        Ok(format!(
+            "new signing key {kid}; earlier keys retired: they verify until their tokens expire (control.access_token_ttl), then `honeycell keys prune` deletes them; running servers pick the new key up within 30 s"
+        ))
+    })
+}
+
+/// `honeycell keys list`: one line per signing key.
+pub fn keys_list(config: &Config) -> anyhow::Result<Vec<String>> {
+    config.validate()?;
+    runtime()?.block_on(async {
+        let (_, store) = config
+            .control
+            .prepare(&config.data_dir)
+            .await
+            .context("control plane store")?;
+        Ok(store
+            .signing_keys()
+            .await?
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} {} created {}{}",
+                    k.kid,
+                    k.alg,
+                    rfc3339(k.created_at_us),
+                    k.retired_at_us
+                        .map(|t| format!(", retired {}", rfc3339(t)))
+                        .unwrap_or_else(|| ", signing".to_owned())
+                )
+            })
+            .collect())
+    })
+}
+
+/// `honeycell keys prune`: deletes keys retired longer ago than the access
+/// token lifetime (no token they signed can still be valid).
+pub fn keys_prune(config: &Config) -> anyhow::Result<String> {
+    config.validate()?;
+    let (access_ttl, _) = config.control.token_ttls()?;
+    runtime()?.block_on(async {
+        let (_, store) = config
+            .control
+            .prepare(&config.data_dir)
+            .await
+            .context("control plane store")?;
+        let cutoff = honeycell_types::now_us() - access_ttl.as_micros() as i64;
+        let mut deleted = Vec::new();
+        for k in store.signing_keys().await? {
+            if k.retired_at_us.is_some_and(|t| t < cutoff)
+                && store.delete_signing_key(&k.kid).await?
+            {
+                deleted.push(k.kid);
+            }
+        }
+        Ok(if deleted.is_empty() {
+            "no retired key is old enough to delete".to_owned()
+        } else {
+            format!("deleted {}", deleted.join(", "))
+        })
+    })
+}
+
+fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| us.to_string())
+}

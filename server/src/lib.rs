@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use honeycell_api::ApiState;
 use honeycell_auth::Verifier;
 use honeycell_cell::{CellContext, CellSpec};
-use honeycell_control::{AuditSink, Authenticator};
+use honeycell_control::{AuditSink, Authenticator, TokenService};
 use honeycell_flight::{FlightState, HoneycellFlight};
 use honeycell_router::Router;
 use honeycell_types::OrgId;
@@ -75,6 +75,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let key_ttl = config.control.api_key_cache_ttl()?;
     let flush_every = config.control.last_used_flush()?;
     let brute_force = config.control.brute_force()?;
+    let (access_ttl, refresh_ttl) = config.control.token_ttls()?;
+    let key_reload = config.control.signing_key_reload()?;
 
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
@@ -117,6 +119,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
           -> futures::future::LocalBoxFuture<'static, ()> {
         let verifier = verifier.clone();
         let opener = opener.clone();
+        let jwt = jwt.clone();
         let http_config = http_config.clone();
         let locations = locations.clone();
         let query_pool = query_handle.clone();
@@ -132,7 +135,29 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 }
             };
             let (audit, audit_writer) = AuditSink::spawn(control.clone());
-            let auth = Authenticator::new(verifier, control, audit.clone(), key_ttl, brute_force);
+            let tokens = match TokenService::load(
+                control.clone(),
+                jwt.clone(),
+                access_ttl,
+                refresh_ttl,
+                key_reload,
+            )
+            .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(%cell, error = %e, "cannot load the signing keys");
+                    return;
+                }
+            };
+            let auth = Authenticator::new(
+                verifier,
+                Some(tokens),
+                control,
+                audit.clone(),
+                key_ttl,
+                brute_force,
+            );
             let api = ApiState::new(ctx.handle.clone(), auth.clone(), http_config, audit);
             let flight_state = FlightState {
                 cells: ctx.handle.clone(),

@@ -111,6 +111,19 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The server's token-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key and retire the others (no downtime).
+    Rotate(ConfigFlags),
+    /// List the signing keys.
+    List(ConfigFlags),
+    /// Delete keys retired longer ago than the access-token lifetime.
+    Prune(ConfigFlags),
 }
 
 #[derive(Subcommand)]
@@ -193,6 +206,18 @@ fn main() -> ExitCode {
             .load()
             .and_then(|c| honeycell::admin::migrate(&c))
             .map(|line| println!("{line}"))),
+        Command::Keys(KeysCommand::Rotate(flags)) => ok(flags
+            .load()
+            .and_then(|c| honeycell::admin::keys_rotate(&c))
+            .map(|line| println!("{line}"))),
+        Command::Keys(KeysCommand::Prune(flags)) => ok(flags
+            .load()
+            .and_then(|c| honeycell::admin::keys_prune(&c))
+            .map(|line| println!("{line}"))),
+        Command::Keys(KeysCommand::List(flags)) => ok(flags
+            .load()
+            .and_then(|c| honeycell::admin::keys_list(&c))
+            .map(|lines| lines.iter().for_each(|l| println!("{l}")))),
         Command::Audit(AuditCommand::Verify { flags, org }) => flags
             .load()
             .and_then(|c| honeycell::admin::audit_verify(&c, org.as_deref()))
