@@ -71,11 +71,9 @@ pub(crate) fn write_segment(
 ) -> Result<PathBuf> {
     let name = segment_file_name(first, end);
     let path = dir.join(&name);
-    // A temporary name of its own per write: two writers of the same range
-    // (a compaction and the final seal at shutdown) must never share one
-    // `.tmp` file, whose interleaved writes once produced a segment holding
-    // twice its rows (seen in CI). Each rename is atomic; the last wins,
-    // and both hold the same rows. Recovery removes any `*.tmp`.
+    // A temporary name of its own per write, so that no two writes of the
+    // same range can ever share a `.tmp` file; each rename is atomic.
+    // Recovery removes any `*.tmp`.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!("{name}.{}-{n}.tmp", std::process::id()));

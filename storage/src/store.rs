@@ -507,17 +507,7 @@ impl OrgLog {
                 })
                 .await??;
             let mut st = self.inner.state.borrow_mut();
-            let sealed = st
-                .memtable
-                .iter()
-                .take_while(|c| c.end_offset() <= seal_end)
-                .count();
-            let (rows, bytes) = st.memtable.drain(..sealed).fold((0, 0), |(r, b), c| {
-                (
-                    r + c.batch.num_rows() as u64,
-                    b + c.batch.get_array_memory_size() as u64,
-                )
-            });
+            let (rows, bytes) = drain_sealed(&mut st.memtable, seal_end);
             st.memtable_rows -= rows;
             st.memtable_bytes -= bytes;
             store
@@ -700,6 +690,40 @@ fn merge_tier(rows: usize) -> u32 {
 }
 
 /// Merges runs of small chunks at the memtable's tail, so that many tiny
+/// Removes from `memtable` every row below `seal_end` (just sealed);
+/// returns the rows and bytes removed. Appends go on while a seal is in
+/// flight, and [`coalesce_tail`] may meanwhile have merged sealed chunks
+/// with newer ones: such a chunk straddles `seal_end` and keeps only its
+/// unsealed part. (Before this, the sealed part stayed in the memtable, was
+/// sealed again, and a compaction over both copies wrote a segment with
+/// twice its rows — seen once in CI as a refused restart.)
+pub(crate) fn drain_sealed(memtable: &mut Vec<Chunk>, seal_end: u64) -> (u64, u64) {
+    let whole = memtable
+        .iter()
+        .take_while(|c| c.end_offset() <= seal_end)
+        .count();
+    let (mut rows, bytes) = memtable.drain(..whole).fold((0, 0), |(r, b), c| {
+        (
+            r + c.batch.num_rows() as u64,
+            b + c.batch.get_array_memory_size() as u64,
+        )
+    });
+    if let Some(c) = memtable.first_mut()
+        && c.first_offset < seal_end
+    {
+        let cut = (seal_end - c.first_offset) as usize;
+        // The slice keeps the whole buffers alive: their bytes are counted
+        // off when the rest is sealed.
+        let rest = c.batch.slice(cut, c.batch.num_rows() - cut);
+        rows += cut as u64;
+        *c = Chunk {
+            first_offset: seal_end,
+            batch: rest,
+        };
+    }
+    (rows, bytes)
+}
+
 /// appends (single-event HTTP requests) do not leave thousands of one-row
 /// batches for every reader to walk. Tiered: `MERGE_RUN` chunks of the same
 /// tier become one chunk of the next. Returns the change in memory held.

@@ -895,3 +895,39 @@ fn assigned_event_ids_are_unique_time_ordered_uuid_v7s() {
     // Within a batch the ids follow the rows.
     assert!(ids[..10_000].windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn draining_a_seal_cuts_a_chunk_coalesced_across_its_end() {
+    // Chunks [0,4) and [4,10) were sealed up to 4 while coalescing merged
+    // [4,6) with newer rows into [4,10): only [0,4) is sealed, so a chunk
+    // [2,10) built by coalescing across the boundary keeps [4,10).
+    let o = org("acme");
+    let a = batch(&o, 2, "a");
+    let straddling = batch(&o, 8, "b");
+    let mut memtable = vec![
+        Chunk {
+            first_offset: 0,
+            batch: a,
+        },
+        Chunk {
+            first_offset: 2,
+            batch: straddling.clone(),
+        },
+    ];
+    let (rows, _) = crate::store::drain_sealed(&mut memtable, 4);
+    assert_eq!(rows, 4, "rows 0..4 leave the memtable, no more, no less");
+    assert_eq!(memtable.len(), 1);
+    assert_eq!(memtable[0].first_offset, 4);
+    assert_eq!(memtable[0].batch.num_rows(), 6);
+    assert_eq!(
+        memtable[0].batch,
+        straddling.slice(2, 6),
+        "the unsealed rows, unchanged"
+    );
+
+    // A boundary between chunks cuts nothing.
+    let (rows, _) = crate::store::drain_sealed(&mut memtable, 4);
+    assert_eq!((rows, memtable[0].first_offset), (0, 4));
+    let (rows, _) = crate::store::drain_sealed(&mut memtable, 10);
+    assert_eq!((rows, memtable.len()), (6, 0));
+}
