@@ -1,9 +1,10 @@
 //! GraphQL `auditLog`: the caller's org's audit entries, newest first, with
-//! filters and backwards paging by sequence number. Admins only; the org
+//! filters and backwards paging by sequence number. Needs `audit:read`
+//! (admins); the org
 //! comes from the credential, so no argument can name another org.
 
 use async_graphql::{Context, Object, SimpleObject};
-use honeycell_auth::{Action, TenantContext};
+use honeycell_auth::{Action, Resource, TenantContext};
 use honeycell_control::{AuditEntry as Entry, AuditQuery};
 
 use crate::ApiState;
@@ -72,7 +73,8 @@ impl AuditQueryRoot {
     ) -> async_graphql::Result<AuditPage> {
         let tenant = ctx.data::<TenantContext>()?;
         let state = ctx.data::<ApiState>()?;
-        honeycell_cell::bus::authorize(tenant, Action::Administer).map_err(ApiError::from)?;
+        honeycell_cell::bus::authorize(tenant, Action::read(Resource::Audit))
+            .map_err(ApiError::from)?;
         let first = first.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&first) {
             return Err(ApiError::bad_request(

@@ -1,11 +1,12 @@
 //! GraphQL administration of API keys: `apiKeys`, `createApiKey`,
-//! `rotateApiKey`, `revokeApiKey`. Admins only (`org:administer`), always
+//! `rotateApiKey`, `revokeApiKey`. Needs `apikeys:read` / `apikeys:write`
+//! (admins), always
 //! within the caller's org; the key text is returned once, at creation or
 //! rotation, and only its hash is stored. Every change goes to the audit
 //! log (refusals too, through the GraphQL handler).
 
 use async_graphql::{Context, Enum, Object, SimpleObject};
-use honeycell_auth::{Action, ActionSet, Role, TenantContext};
+use honeycell_auth::{Action, ActionSet, Op, Resource, Role, TenantContext};
 use honeycell_control::{ApiKey as KeyRecord, AuditDraft, generate_api_key};
 use honeycell_types::{ErrorClass, now_us};
 
@@ -88,12 +89,16 @@ fn audit(state: &ApiState, ctx: &TenantContext, action: &str, resource: String, 
     });
 }
 
-/// The caller, if it may administer keys (a refusal is audited by the
-/// GraphQL handler, as every 403 is).
-fn admin<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<(&'a TenantContext, &'a ApiState)> {
+/// The caller, if it may `op` API keys (a refusal is audited by the GraphQL
+/// handler, as every 403 is).
+fn allowed<'a>(
+    ctx: &'a Context<'_>,
+    op: Op,
+) -> async_graphql::Result<(&'a TenantContext, &'a ApiState)> {
     let tenant = ctx.data::<TenantContext>()?;
     let state = ctx.data::<ApiState>()?;
-    honeycell_cell::bus::authorize(tenant, Action::Administer).map_err(ApiError::from)?;
+    honeycell_cell::bus::authorize(tenant, Action::new(Resource::ApiKeys, op))
+        .map_err(ApiError::from)?;
     Ok((tenant, state))
 }
 
@@ -147,7 +152,7 @@ pub struct ApiKeyQuery;
 impl ApiKeyQuery {
     /// The caller's org's API keys (live, expired and revoked).
     async fn api_keys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiKey>> {
-        let (tenant, state) = admin(ctx)?;
+        let (tenant, state) = allowed(ctx, Op::Read)?;
         let keys = state
             .control
             .api_keys_of_org(&tenant.org)
@@ -162,8 +167,9 @@ pub struct ApiKeyMutation;
 
 #[Object]
 impl ApiKeyMutation {
-    /// Creates a key. `scopes` narrow the role (events:read, events:write,
-    /// rules:manage, org:administer); `expiresIn` is a duration such as
+    /// Creates a key. `scopes` narrow the role (`<resource>:read|write` for
+    /// events, rules, actions, logs, settings, apikeys, users, audit);
+    /// `expiresIn` is a duration such as
     /// `90d` (the default) or `12h`.
     async fn create_api_key(
         &self,
@@ -173,7 +179,7 @@ impl ApiKeyMutation {
         #[graphql(default)] scopes: Vec<String>,
         expires_in: Option<String>,
     ) -> async_graphql::Result<CreatedApiKey> {
-        let (tenant, state) = admin(ctx)?;
+        let (tenant, state) = allowed(ctx, Op::Write)?;
         let name = name.trim().to_owned();
         if name.is_empty() || name.chars().count() > MAX_NAME {
             return Err(ApiError::bad_request(
@@ -210,7 +216,7 @@ impl ApiKeyMutation {
 
     /// Revokes a key at once (every cell refuses it within a second).
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<ApiKey> {
-        let (tenant, state) = admin(ctx)?;
+        let (tenant, state) = allowed(ctx, Op::Write)?;
         let revoked = state
             .control
             .revoke_api_key(&tenant.org, &id, now_us())
@@ -237,7 +243,7 @@ impl ApiKeyMutation {
         ctx: &Context<'_>,
         id: String,
     ) -> async_graphql::Result<CreatedApiKey> {
-        let (tenant, state) = admin(ctx)?;
+        let (tenant, state) = allowed(ctx, Op::Write)?;
         let old = state
             .control
             .api_key(&id)

@@ -62,7 +62,7 @@ pub enum Error {
     Sign { reason: String },
 
     #[error(
-        "unknown scope {got:?}; scopes are events:read, events:write, rules:manage, org:administer"
+        "unknown scope {got:?}; scopes are <resource>:read or <resource>:write for events, rules, actions, logs, settings, apikeys, users, audit"
     )]
     UnknownScope { got: String },
 

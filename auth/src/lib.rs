@@ -34,7 +34,7 @@ pub use config::JwtConfig;
 pub use context::{Credential, TenantContext};
 pub use error::{Error, Result};
 pub use managed::{GeneratedKey, ed25519_jwk, generate_ed25519};
-pub use role::{Action, ActionSet, Role};
+pub use role::{Action, ActionSet, Op, Resource, Role};
 pub use sign::{Signer, parse_ttl};
 pub use verify::{Verifier, peek_kid};
 

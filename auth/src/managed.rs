@@ -115,9 +115,9 @@ mod tests {
         assert_eq!(peek_kid(&token).as_deref(), Some("k1"));
         let ctx = verifier.verify(&token).unwrap();
         assert_eq!(ctx.org, org);
-        assert!(ctx.permits(crate::Action::ReadEvents));
+        assert!(ctx.permits(crate::Action::READ_EVENTS));
         assert!(
-            !ctx.permits(crate::Action::WriteEvents),
+            !ctx.permits(crate::Action::WRITE_EVENTS),
             "scope narrows the role"
         );
         let other = generate_ed25519().unwrap();

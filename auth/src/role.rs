@@ -17,58 +17,121 @@ pub enum Role {
     Viewer,
 }
 
-/// An operation a request wants to perform, checked with [`Role::permits`].
-/// Resource-level RBAC will extend this (or take a resource next to it); the
-/// call sites stay `role.permits(action)`.
+/// What an operation touches (roadmap 5.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Query events and aggregates (HTTP, GraphQL, Flight `DoGet`).
-    ReadEvents,
-    /// Ingest events (`POST /v1/events`, Flight `DoPut`).
-    WriteEvents,
-    /// Create, change or delete observer rules.
-    ManageRules,
-    /// Org administration: users, API keys, tokens, quotas.
-    Administer,
+pub enum Resource {
+    /// Entity events: ingest and queries on every protocol.
+    Events,
+    /// Observer rules.
+    Rules,
+    /// The actions rules trigger (webhooks, Slack, e-mail), and executing them.
+    Actions,
+    /// Action delivery logs.
+    Logs,
+    /// Org settings.
+    Settings,
+    ApiKeys,
+    Users,
+    /// The org's audit log.
+    Audit,
 }
 
-impl Action {
-    pub const ALL: [Action; 4] = [
-        Action::ReadEvents,
-        Action::WriteEvents,
-        Action::ManageRules,
-        Action::Administer,
+impl Resource {
+    pub const ALL: [Resource; 8] = [
+        Resource::Events,
+        Resource::Rules,
+        Resource::Actions,
+        Resource::Logs,
+        Resource::Settings,
+        Resource::ApiKeys,
+        Resource::Users,
+        Resource::Audit,
     ];
+}
 
-    /// The permission's name, as in 403 bodies and API-key scopes.
+/// Reading, or changing (create, update, delete, execute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Read,
+    Write,
+}
+
+/// An operation a request wants to perform, checked with [`Role::permits`]
+/// (and an API key's or token's scopes) in one place, `authorize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Action {
+    pub resource: Resource,
+    pub op: Op,
+}
+
+/// Permission names, in `Resource` order, read then write.
+const PERMISSIONS: [&str; 16] = [
+    "events:read",
+    "events:write",
+    "rules:read",
+    "rules:write",
+    "actions:read",
+    "actions:write",
+    "logs:read",
+    "logs:write",
+    "settings:read",
+    "settings:write",
+    "apikeys:read",
+    "apikeys:write",
+    "users:read",
+    "users:write",
+    "audit:read",
+    "audit:write",
+];
+
+impl Action {
+    pub const READ_EVENTS: Action = Action::new(Resource::Events, Op::Read);
+    pub const WRITE_EVENTS: Action = Action::new(Resource::Events, Op::Write);
+
+    pub const fn new(resource: Resource, op: Op) -> Action {
+        Action { resource, op }
+    }
+
+    pub const fn read(resource: Resource) -> Action {
+        Action::new(resource, Op::Read)
+    }
+
+    pub const fn write(resource: Resource) -> Action {
+        Action::new(resource, Op::Write)
+    }
+
+    /// Every action, in permission order.
+    pub fn all() -> impl Iterator<Item = Action> {
+        Resource::ALL
+            .into_iter()
+            .flat_map(|r| [Action::read(r), Action::write(r)])
+    }
+
+    fn index(self) -> usize {
+        self.resource as usize * 2 + self.op as usize
+    }
+
+    /// The permission's name (`resource:read|write`), as in 403 bodies and
+    /// scopes.
     pub fn permission(self) -> &'static str {
-        match self {
-            Action::ReadEvents => "events:read",
-            Action::WriteEvents => "events:write",
-            Action::ManageRules => "rules:manage",
-            Action::Administer => "org:administer",
-        }
+        PERMISSIONS[self.index()]
     }
 
     pub fn from_permission(s: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|a| a.permission() == s)
+        Action::all().find(|a| a.permission() == s)
     }
 }
 
-/// A set of actions (an API key's scopes), as a bit set: cheap to copy into
-/// every request's context.
+/// A set of actions (an API key's or token's scopes), as a bit set: cheap to
+/// copy into every request's context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ActionSet(u8);
+pub struct ActionSet(u16);
 
 impl ActionSet {
-    pub const ALL: ActionSet = ActionSet(0b1111);
-
-    fn bit(a: Action) -> u8 {
-        1 << (a as u8)
-    }
+    pub const ALL: ActionSet = ActionSet(u16::MAX);
 
     pub fn contains(self, a: Action) -> bool {
-        self.0 & Self::bit(a) != 0
+        self.0 & (1 << a.index()) != 0
     }
 
     /// Parses scope names; an empty list means every action.
@@ -76,12 +139,12 @@ impl ActionSet {
         if scopes.is_empty() {
             return Ok(ActionSet::ALL);
         }
-        let mut bits = 0;
+        let mut bits = 0u16;
         for s in scopes {
             let a = Action::from_permission(s.as_ref()).ok_or_else(|| Error::UnknownScope {
                 got: s.as_ref().to_owned(),
             })?;
-            bits |= Self::bit(a);
+            bits |= 1 << a.index();
         }
         Ok(ActionSet(bits))
     }
@@ -101,12 +164,25 @@ impl Role {
     }
 
     /// Whether this role may perform `action`. The single place where the
-    /// role-to-permission policy lives.
+    /// role-to-permission policy lives (roadmap 5.3):
+    ///
+    /// | | events | rules | actions | logs | settings | apikeys | users | audit |
+    /// |---|---|---|---|---|---|---|---|---|
+    /// | admin | rw | rw | rw | rw | rw | rw | rw | rw |
+    /// | operator | rw | rw | rw (execute) | r | r | – | – | – |
+    /// | viewer | r | r | r | r | – | – | – | – |
     pub fn permits(self, action: Action) -> bool {
+        use Resource::*;
         match self {
             Role::Admin => true,
-            Role::Operator => !matches!(action, Action::Administer),
-            Role::Viewer => matches!(action, Action::ReadEvents),
+            Role::Operator => match action.resource {
+                Events | Rules | Actions => true,
+                Logs | Settings => action.op == Op::Read,
+                ApiKeys | Users | Audit => false,
+            },
+            Role::Viewer => {
+                action.op == Op::Read && matches!(action.resource, Events | Rules | Actions | Logs)
+            }
         }
     }
 }

@@ -467,7 +467,7 @@ fn role_parsing_and_permissions() {
     for role in Role::ALL {
         assert_eq!(role.as_str().parse::<Role>().expect("parses"), role);
         assert_eq!(role.to_string(), role.as_str());
-        assert!(role.permits(Action::ReadEvents));
+        assert!(role.permits(Action::READ_EVENTS));
     }
     assert_eq!("Operator".parse::<Role>().expect("parses"), Role::Operator);
     let err = "root".parse::<Role>().expect_err("unknown");
@@ -480,12 +480,66 @@ fn role_parsing_and_permissions() {
         Role::ALL.map(Role::as_str).join(", "),
         "message lists every role"
     );
-    assert!(Role::Admin.permits(Action::Administer));
-    assert!(!Role::Operator.permits(Action::Administer));
-    assert!(Role::Operator.permits(Action::WriteEvents));
-    assert!(Role::Operator.permits(Action::ManageRules));
-    assert!(!Role::Viewer.permits(Action::WriteEvents));
-    assert!(!Role::Viewer.permits(Action::ManageRules));
+    // The policy table (roadmap 5.3), cell by cell.
+    let table = [
+        // resource, admin, operator, viewer: (read, write)
+        (Resource::Events, (true, true), (true, true), (true, false)),
+        (Resource::Rules, (true, true), (true, true), (true, false)),
+        (Resource::Actions, (true, true), (true, true), (true, false)),
+        (Resource::Logs, (true, true), (true, false), (true, false)),
+        (
+            Resource::Settings,
+            (true, true),
+            (true, false),
+            (false, false),
+        ),
+        (
+            Resource::ApiKeys,
+            (true, true),
+            (false, false),
+            (false, false),
+        ),
+        (
+            Resource::Users,
+            (true, true),
+            (false, false),
+            (false, false),
+        ),
+        (
+            Resource::Audit,
+            (true, true),
+            (false, false),
+            (false, false),
+        ),
+    ];
+    for (resource, admin, operator, viewer) in table {
+        for (role, (r, w)) in [
+            (Role::Admin, admin),
+            (Role::Operator, operator),
+            (Role::Viewer, viewer),
+        ] {
+            assert_eq!(
+                role.permits(Action::read(resource)),
+                r,
+                "{role} {resource:?} read"
+            );
+            assert_eq!(
+                role.permits(Action::write(resource)),
+                w,
+                "{role} {resource:?} write"
+            );
+        }
+    }
+    // Permission names round-trip and are distinct.
+    let names: std::collections::BTreeSet<&str> = Action::all().map(Action::permission).collect();
+    assert_eq!(names.len(), 16);
+    for a in Action::all() {
+        assert_eq!(Action::from_permission(a.permission()), Some(a));
+    }
+    let scopes = crate::ActionSet::from_scopes(&["events:read", "audit:read"]).expect("scopes");
+    assert!(scopes.contains(Action::READ_EVENTS) && scopes.contains(Action::read(Resource::Audit)));
+    assert!(!scopes.contains(Action::WRITE_EVENTS));
+    assert!(crate::ActionSet::from_scopes(&["rules:manage"]).is_err());
 }
 
 #[test]

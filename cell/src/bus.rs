@@ -161,7 +161,7 @@ impl CellHandle {
     /// Appends a normalised event batch to the caller's org, in its owning
     /// cell; resolves once durable. Needs the `events:write` permission.
     pub async fn ingest(&self, ctx: &TenantContext, batch: RecordBatch) -> Result<IngestAck> {
-        authorize(ctx, Action::WriteEvents)?;
+        authorize(ctx, Action::WRITE_EVENTS)?;
         self.check_shared_limit(ctx, OpKind::Write)?;
         let owner = self.owner(&ctx.org);
         let ctx = ctx.clone();
@@ -172,7 +172,7 @@ impl CellHandle {
     /// A consistent, immutable snapshot of the caller's org, after the
     /// owner's read limits and admission checks.
     pub async fn snapshot(&self, ctx: &TenantContext) -> Result<OrgSnapshot> {
-        authorize(ctx, Action::ReadEvents)?;
+        authorize(ctx, Action::READ_EVENTS)?;
         self.check_shared_limit(ctx, OpKind::Read)?;
         let owner = self.owner(&ctx.org);
         let ctx = ctx.clone();

@@ -340,8 +340,7 @@ fn scope_names(ctx: &TenantContext) -> Vec<String> {
     if scopes == honeycell_auth::ActionSet::ALL {
         return Vec::new();
     }
-    honeycell_auth::Action::ALL
-        .into_iter()
+    honeycell_auth::Action::all()
         .filter(|a| scopes.contains(*a))
         .map(|a| a.permission().to_owned())
         .collect()

@@ -125,7 +125,7 @@ async fn keys_work_on_every_protocol_within_role_and_scopes() {
     let (status, body) = server.graphql(&rw, LIST, json!({})).await;
     assert_eq!(status, 200);
     assert_eq!(
-        body["errors"][0]["extensions"]["permission"], "org:administer",
+        body["errors"][0]["extensions"]["permission"], "apikeys:read",
         "{body}"
     );
     let operator = server.token("acme", Role::Operator);
@@ -545,7 +545,7 @@ async fn failed_authentication_is_rate_limited_per_address_and_key_and_audited()
     let viewer = server.token_for("acme", "vera", Role::Viewer);
     let body = gql(viewer, json!({})).await;
     assert_eq!(
-        body["errors"][0]["extensions"]["permission"], "org:administer",
+        body["errors"][0]["extensions"]["permission"], "audit:read",
         "{body}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -557,7 +557,7 @@ async fn failed_authentication_is_rate_limited_per_address_and_key_and_audited()
             .unwrap_or_default();
         if entries
             .iter()
-            .any(|e| e["actor"] == "vera" && e["resource"] == "org:administer")
+            .any(|e| e["actor"] == "vera" && e["resource"] == "audit:read")
         {
             break;
         }

@@ -109,7 +109,7 @@ async fn api_key_exchange_refresh_rotation_reuse_detection_and_logout() {
         .graphql(&access, "{ apiKeys { id } }", json!({}))
         .await;
     assert_eq!(
-        body["errors"][0]["extensions"]["permission"], "org:administer",
+        body["errors"][0]["extensions"]["permission"], "apikeys:read",
         "{body}"
     );
 
