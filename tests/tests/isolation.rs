@@ -1,5 +1,7 @@
 //! Tenant isolation: org A never sees org B's events, through any protocol,
-//! whatever the ticket, query or SQL says.
+//! whatever the ticket, query or SQL says — with every kind of credential:
+//! a JWT from the configured issuer, an API key, and an access token the
+//! server issued for an API key (`/auth/token`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,13 +23,55 @@ struct Tenants {
     ids_b: BTreeSet<String>,
 }
 
+/// How the tenants authenticate.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Jwt,
+    ApiKey,
+    IssuedToken,
+}
+
+/// An admin credential of `org` of the given kind.
+async fn credential(server: &TestServer, org: &str, kind: Kind) -> String {
+    let jwt = server.token(org, Role::Admin);
+    if let Kind::Jwt = kind {
+        return jwt;
+    }
+    let (_, body) = server
+        .graphql(
+            &jwt,
+            "mutation { createApiKey(name: \"iso\", role: ADMIN) { key } }",
+            json!({}),
+        )
+        .await;
+    let key = body["data"]["createApiKey"]["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("createApiKey: {body}"))
+        .to_owned();
+    if let Kind::ApiKey = kind {
+        return key;
+    }
+    let resp = server
+        .http()
+        .post(server.url("/auth/token"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("POST /auth/token");
+    let pair: serde_json::Value = resp.json().await.expect("JSON");
+    pair["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("/auth/token: {pair}"))
+        .to_owned()
+}
+
 /// Two orgs, one owned by each cell, each with its own events.
-async fn tenants() -> Tenants {
+async fn tenants(kind: Kind) -> Tenants {
     let server = TestServer::new().await;
     let a = org_owned_by("iso-a", 0, 2);
     let b = org_owned_by("iso-b", 1, 2);
-    let token_a = server.token(&a, Role::Admin);
-    let token_b = server.token(&b, Role::Admin);
+    let token_a = credential(&server, &a, kind).await;
+    let token_b = credential(&server, &b, kind).await;
     let ids_a: BTreeSet<String> = server.ingest_n(&token_a, 40, 0).await.into_iter().collect();
     let ids_b: BTreeSet<String> = server.ingest_n(&token_b, 60, 1).await.into_iter().collect();
     assert!(ids_a.is_disjoint(&ids_b));
@@ -52,9 +96,8 @@ fn only_a(t: &Tenants, rows: &[Row], what: &str) {
     assert_eq!(ids, t.ids_a, "{what}: A sees exactly its own events");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_and_graphql_only_show_the_callers_org() {
-    let t = tenants().await;
+async fn http_and_graphql_only_show_the_callers_org(kind: Kind) {
+    let t = tenants(kind).await;
     let rows: Vec<Row> = t
         .server
         .all_events_http(&t.token_a, "", 1000)
@@ -121,9 +164,8 @@ async fn http_and_graphql_only_show_the_callers_org() {
     assert_eq!(total, t.ids_a.len() as u64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flight_tickets_cannot_cross_orgs() {
-    let t = tenants().await;
+async fn flight_tickets_cannot_cross_orgs(kind: Kind) {
+    let t = tenants(kind).await;
     // A ticket obtained by B, used with A's token, returns A's data only.
     let mut fb = t.server.flight(&t.token_b).await;
     let info = fb
@@ -195,9 +237,8 @@ async fn flight_tickets_cannot_cross_orgs() {
     assert_eq!(who["org"], t.a.as_str());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flight_sql_sees_only_the_callers_events() {
-    let t = tenants().await;
+async fn flight_sql_sees_only_the_callers_events(kind: Kind) {
+    let t = tenants(kind).await;
     let rows = Row::from_batches(
         &t.server
             .sql(&t.token_a, "SELECT * FROM events")
@@ -254,9 +295,8 @@ async fn flight_sql_sees_only_the_callers_events() {
     assert_eq!(t.server.count_http(&t.token_b).await, t.ids_b.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn doput_with_another_orgs_id_is_refused() {
-    let t = tenants().await;
+async fn doput_with_another_orgs_id_is_refused(kind: Kind) {
+    let t = tenants(kind).await;
     let batch = |org: &str| {
         let cols: Vec<(&str, ArrayRef)> = vec![
             (
@@ -376,3 +416,31 @@ async fn viewer_tokens_cannot_write() {
         problems.join("\n")
     );
 }
+
+/// Every isolation check above, with every kind of credential.
+macro_rules! with_every_credential {
+    ($($check:ident),* $(,)?) => {
+        mod jwt {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { super::$check(super::Kind::Jwt).await }
+            )*
+        }
+        mod api_key {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { super::$check(super::Kind::ApiKey).await }
+            )*
+        }
+        mod issued_token {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() { super::$check(super::Kind::IssuedToken).await }
+            )*
+        }
+    };
+}
+
+with_every_credential!(
+    http_and_graphql_only_show_the_callers_org,
+    flight_tickets_cannot_cross_orgs,
+    flight_sql_sees_only_the_callers_events,
+    doput_with_another_orgs_id_is_refused,
+);
