@@ -57,6 +57,7 @@ impl From<honeycell_cell::Error> for ApiError {
             honeycell_cell::Error::BadCursor { .. } => "invalid_cursor",
             honeycell_cell::Error::Forbidden { .. }
             | honeycell_cell::Error::ScopeForbidden { .. } => "forbidden",
+            honeycell_cell::Error::QuotaExceeded { .. } => "quota_exceeded",
             honeycell_cell::Error::BadFilter { .. } => "invalid_filter",
             honeycell_cell::Error::Storage(honeycell_storage::Error::Schema { .. }) => {
                 "invalid_event"

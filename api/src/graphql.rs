@@ -326,10 +326,12 @@ pub async fn graphql_handler(
     let resp = state.schema.execute(req).await;
     // Every refusal for lack of permission is audited, once per field.
     for e in &resp.errors {
-        if let Some(async_graphql::Value::String(p)) =
-            e.extensions.as_ref().and_then(|x| x.get("permission"))
-        {
+        let ext = e.extensions.as_ref();
+        if let Some(async_graphql::Value::String(p)) = ext.and_then(|x| x.get("permission")) {
             state.audit_denied(&tenant, p);
+        } else if matches!(ext.and_then(|x| x.get("code")), Some(async_graphql::Value::String(c)) if c == "quota_exceeded")
+        {
+            state.audit_quota(&tenant, &e.message);
         }
     }
     let retry = resp.errors.iter().find_map(|e| {

@@ -98,24 +98,41 @@ impl ApiState {
 }
 
 impl ApiState {
-    /// Audits a refusal for lack of permission (403); passes `e` through.
+    /// Audits a refusal for lack of permission or over a quota; passes `e`
+    /// through.
     pub fn denied(&self, ctx: &honeycell_auth::TenantContext, e: ApiError) -> ApiError {
         if let Some(permission) = e.permission {
             self.audit_denied(ctx, permission);
+        } else if e.code == "quota_exceeded" {
+            self.audit_quota(ctx, &e.message);
         }
         e
     }
 
     pub(crate) fn audit_denied(&self, ctx: &honeycell_auth::TenantContext, permission: &str) {
+        self.audit_refusal(ctx, "permission.denied", permission, None);
+    }
+
+    pub(crate) fn audit_quota(&self, ctx: &honeycell_auth::TenantContext, message: &str) {
+        self.audit_refusal(ctx, "quota.exceeded", "events", Some(message));
+    }
+
+    fn audit_refusal(
+        &self,
+        ctx: &honeycell_auth::TenantContext,
+        action: &str,
+        resource: &str,
+        detail: Option<&str>,
+    ) {
         self.audit.record(honeycell_control::AuditDraft {
             org: ctx.org.clone(),
             at_us: honeycell_types::now_us(),
             actor: ctx.subject.clone(),
-            action: "permission.denied".to_owned(),
-            resource: permission.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
             result: "denied".to_owned(),
             trace_id: None,
-            detail: None,
+            detail: detail.map(str::to_owned),
         });
     }
 }

@@ -15,6 +15,19 @@ pub struct TenantContext {
     pub role: Role,
     /// How the caller proved its identity, for audit logs and expiry checks.
     pub credential: Credential,
+    /// The org's quota tier's limits (resolved with the credential).
+    pub quota: Quota,
+}
+
+/// Limits of an org's quota tier that the cells enforce. `None`: no limit
+/// beyond the server-wide ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes the org may keep stored (segments and WAL); ingest past it is
+    /// refused with 403 `quota_exceeded`.
+    pub max_stored_bytes: Option<u64>,
+    /// The org's request rate (replaces `rate_limiting.org_max_qps`).
+    pub max_qps: Option<u32>,
 }
 
 /// The kind of credential a request presented. API keys and OAuth-issued

@@ -31,7 +31,7 @@ mod sign;
 mod verify;
 
 pub use config::JwtConfig;
-pub use context::{Credential, TenantContext};
+pub use context::{Credential, Quota, TenantContext};
 pub use error::{Error, Result};
 pub use managed::{GeneratedKey, ed25519_jwk, generate_ed25519};
 pub use role::{Action, ActionSet, Op, Resource, Role};

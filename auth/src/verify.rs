@@ -224,6 +224,7 @@ impl Verifier {
                 token_id,
                 scopes,
             },
+            quota: crate::context::Quota::default(),
         })
     }
 

@@ -69,6 +69,8 @@ pub enum Error {
         role: &'static str,
         permission: &'static str,
     },
+    #[error("quota exceeded: {quota}: {detail}")]
+    QuotaExceeded { quota: &'static str, detail: String },
     #[error(
         "forbidden: this credential's scopes do not include the permission {permission}; use a key or token with that scope"
     )]
@@ -93,7 +95,9 @@ impl Error {
                 retry_after: Duration::from_secs(1),
             },
             Error::CellGone { .. } => ErrorClass::Unavailable,
-            Error::Forbidden { .. } | Error::ScopeForbidden { .. } => ErrorClass::Forbidden,
+            Error::Forbidden { .. }
+            | Error::ScopeForbidden { .. }
+            | Error::QuotaExceeded { .. } => ErrorClass::Forbidden,
             Error::BadCursor { .. } | Error::BadFilter { .. } => ErrorClass::BadRequest,
             Error::Arrow(_)
             | Error::CellPanicked { .. }

@@ -31,6 +31,17 @@ impl TokenBucket {
         }
     }
 
+    /// Changes the rate and capacity (a tier change), keeping the tokens.
+    fn set_rate(&mut self, rate_per_sec: f64, capacity: f64, now: Instant) {
+        let rate = rate_per_sec.max(f64::MIN_POSITIVE);
+        if rate != self.rate {
+            self.refill(now);
+            self.rate = rate;
+            self.capacity = capacity.max(1.0);
+            self.tokens = self.tokens.min(self.capacity);
+        }
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
@@ -142,6 +153,20 @@ impl RateLimiter {
         kind: OpKind,
         now: Instant,
     ) -> Result<(), Limited> {
+        self.check_with(org, subject, kind, now, None)
+    }
+
+    /// [`RateLimiter::check`] with the org's own rate (its quota tier's
+    /// `max_qps`) in place of `org_max_qps`; a changed rate applies to the
+    /// org's existing buckets at once.
+    pub fn check_with(
+        &mut self,
+        org: &str,
+        subject: &str,
+        kind: OpKind,
+        now: Instant,
+        org_rate: Option<f64>,
+    ) -> Result<(), Limited> {
         if !self.enabled {
             return Ok(());
         }
@@ -155,7 +180,8 @@ impl RateLimiter {
             .try_take(now)
             .map_err(|d| limited(LimitScope::Cell, d))?;
 
-        let (org_rate, client_rate, burst) = (self.org_rate, self.client_rate, self.burst);
+        let org_rate = org_rate.unwrap_or(self.org_rate);
+        let (client_rate, burst) = (self.client_rate, self.burst);
         // One hash per map; the key is allocated only the first time.
         let buckets = self.orgs.entry_ref(org).or_insert_with(|| {
             let b = TokenBucket::new(org_rate, org_rate * burst, now);
@@ -164,6 +190,7 @@ impl RateLimiter {
                 subjects: HashMap::new(),
             }
         });
+        buckets.org[k].set_rate(org_rate, org_rate * burst, now);
         if let Err(d) = buckets.org[k].try_take(now) {
             self.cell[k].refund();
             return Err(limited(LimitScope::Org, d));

@@ -23,6 +23,7 @@ pub struct CellMetrics {
     pub bytes_ingested: u64,
     pub rate_limited: BTreeMap<&'static str, u64>,
     pub admission_rejected: u64,
+    pub quota_rejected: u64,
     pub bus_hops_out: u64,
     pub bus_hops_in: u64,
 }
@@ -76,6 +77,7 @@ pub struct MetricsSnapshot {
     pub bytes_ingested: u64,
     pub rate_limited: Vec<(&'static str, u64)>,
     pub admission_rejected: u64,
+    pub quota_rejected: u64,
     pub bus_hops_out: u64,
     pub bus_hops_in: u64,
     pub buffered_bytes: u64,
@@ -98,6 +100,7 @@ impl CellMetrics {
             bytes_ingested: self.bytes_ingested,
             rate_limited: self.rate_limited.iter().map(|(k, v)| (*k, *v)).collect(),
             admission_rejected: self.admission_rejected,
+            quota_rejected: self.quota_rejected,
             bus_hops_out: self.bus_hops_out,
             bus_hops_in: self.bus_hops_in,
             buffered_bytes: 0,
@@ -171,7 +174,7 @@ pub fn render(cells: &[MetricsSnapshot]) -> String {
             }
         },
     );
-    let simple: [SimpleFamily; 9] = [
+    let simple: [SimpleFamily; 10] = [
         (
             "honeycell_events_ingested_total",
             "counter",
@@ -189,6 +192,12 @@ pub fn render(cells: &[MetricsSnapshot]) -> String {
             "counter",
             "Requests refused by admission control (queue depth or buffered memory).",
             |c| c.admission_rejected,
+        ),
+        (
+            "honeycell_quota_rejected_total",
+            "counter",
+            "Writes refused because the org reached its tier's storage quota.",
+            |c| c.quota_rejected,
         ),
         (
             "honeycell_bus_hops_out_total",

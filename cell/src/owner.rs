@@ -92,7 +92,7 @@ impl Owner {
                 }
                 let this = self.clone();
                 self.track(async move {
-                    let _ = reply.send(this.ingest(&ctx.org, batch).await);
+                    let _ = reply.send(this.ingest(&ctx, batch).await);
                 });
             }
             Op::Read { ctx, reply } => {
@@ -124,11 +124,13 @@ impl Owner {
     /// Rate limits, then admission control: queue depth and buffered memory.
     fn admit(&self, ctx: &TenantContext, kind: OpKind, queued: usize, bytes: usize) -> Result<()> {
         let now = Instant::now();
-        if let Err(limited) =
-            self.limiter
-                .borrow_mut()
-                .check(ctx.org.as_str(), &ctx.subject, kind, now)
-        {
+        if let Err(limited) = self.limiter.borrow_mut().check_with(
+            ctx.org.as_str(),
+            &ctx.subject,
+            kind,
+            now,
+            ctx.quota.max_qps.map(f64::from),
+        ) {
             metrics::with(|m| *m.rate_limited.entry(limited.scope.as_str()).or_default() += 1);
             return Err(Error::RateLimited(limited));
         }
@@ -169,9 +171,24 @@ impl Owner {
         Ok(log)
     }
 
-    async fn ingest(self: &Rc<Self>, org: &OrgId, batch: RecordBatch) -> Result<IngestAck> {
+    async fn ingest(self: &Rc<Self>, ctx: &TenantContext, batch: RecordBatch) -> Result<IngestAck> {
+        let org = &ctx.org;
         let bytes = batch.get_array_memory_size() as u64;
         let log = self.log(org).await?;
+        // The tier's storage quota, on the storage layer's own byte count
+        // (segments + WAL): nothing is appended once it is reached.
+        if let Some(max) = ctx.quota.max_stored_bytes {
+            let used = log.stored_bytes();
+            if used >= max {
+                metrics::with(|m| m.quota_rejected += 1);
+                return Err(Error::QuotaExceeded {
+                    quota: "max_storage_gb",
+                    detail: format!(
+                        "the org stores {used} bytes, its tier allows {max}; delete data (retention) or move to a larger tier"
+                    ),
+                });
+            }
+        }
         let ack = log.append(batch).await?;
         metrics::with(|m| {
             m.events_ingested += ack.rows as u64;

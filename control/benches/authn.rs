@@ -52,6 +52,7 @@ fn authn(c: &mut Criterion) {
         audit,
         Duration::from_secs(3600),
         BruteForce::default(),
+        Default::default(),
     );
     let key_header = format!("Bearer {}", new.plaintext);
     rt.block_on(auth.authenticate(Some(&key_header), None))

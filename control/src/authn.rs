@@ -44,6 +44,9 @@ use crate::model::{ApiKey, AuditDraft};
 pub const API_KEY_PREFIX: &str = "hck_";
 const ID_HEX: usize = 16;
 const SECRET_B64: usize = 43;
+/// How long a cell trusts a cached org tier (a tier change takes effect
+/// within this).
+const TIER_TTL: Duration = Duration::from_secs(5);
 /// Cache entries beyond this are dropped wholesale (a flood of random ids).
 const MAX_CACHED: usize = 100_000;
 
@@ -183,6 +186,8 @@ struct Inner {
     by_key: Mutex<Failures<String>>,
     cache_ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    tiers: Arc<crate::Tiers>,
+    tier_cache: Mutex<HashMap<honeycell_types::OrgId, (Instant, honeycell_auth::Quota)>>,
     /// Key id → latest use (µs), waiting for the next flush.
     uses: Mutex<HashMap<String, i64>>,
 }
@@ -207,6 +212,7 @@ impl Authenticator {
         audit: AuditSink,
         cache_ttl: Duration,
         brute_force: BruteForce,
+        tiers: Arc<crate::Tiers>,
     ) -> Self {
         Authenticator {
             inner: Arc::new(Inner {
@@ -218,6 +224,8 @@ impl Authenticator {
                 by_key: Mutex::new(Failures::new(brute_force)),
                 cache_ttl,
                 cache: Mutex::new(HashMap::new()),
+                tiers,
+                tier_cache: Mutex::new(HashMap::new()),
                 uses: Mutex::new(HashMap::new()),
             }),
         }
@@ -290,7 +298,35 @@ impl Authenticator {
         {
             f.fail(ip);
         }
-        result
+        let mut ctx = result?;
+        ctx.quota = self.quota_of(&ctx.org).await?;
+        Ok(ctx)
+    }
+
+    /// The limits of `org`'s tier: its record's tier (cached per cell for
+    /// at most `TIER_TTL`), else the default tier.
+    async fn quota_of(&self, org: &honeycell_types::OrgId) -> Result<honeycell_auth::Quota> {
+        if self.inner.tiers.is_unlimited() {
+            return Ok(honeycell_auth::Quota::default());
+        }
+        if let Ok(cache) = self.inner.tier_cache.lock()
+            && let Some((at, q)) = cache.get(org)
+            && at.elapsed() < TIER_TTL
+        {
+            return Ok(*q);
+        }
+        let record = self.inner.store.org(org).await?;
+        let quota = self
+            .inner
+            .tiers
+            .quota(record.as_ref().map(|o| o.tier.as_str()));
+        if let Ok(mut cache) = self.inner.tier_cache.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(org.clone(), (Instant::now(), quota));
+        }
+        Ok(quota)
     }
 
     /// A JWT: by a managed key when its `kid` is one of ours (`hc-…`), else
@@ -362,6 +398,7 @@ impl Authenticator {
                 key_id: key.id.clone(),
                 scopes,
             },
+            quota: honeycell_auth::Quota::default(),
         })
     }
 

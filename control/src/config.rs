@@ -1,5 +1,6 @@
 //! `[control]`: which control-plane store the server uses.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,6 +58,55 @@ pub struct ControlConfig {
     /// How often each cell re-reads the signing keys (to pick up a
     /// `honeycell keys rotate`); unknown `kid`s trigger a re-read at once.
     pub signing_key_reload: String,
+    /// The tier of orgs without one (and of orgs not registered at all).
+    pub default_tier: String,
+    /// Quota tiers by name (`[control.tiers.<name>]`); none: no quotas.
+    pub tiers: BTreeMap<String, TierConfig>,
+}
+
+/// `[control.tiers.<name>]`: one quota tier. Absent keys: no limit.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierConfig {
+    /// Stored events (segments and WAL), in GB (10^9 bytes).
+    pub max_storage_gb: Option<f64>,
+    /// Requests per second for the org (replaces rate_limiting.org_max_qps).
+    pub max_qps: Option<u32>,
+}
+
+/// The tiers, resolved for lookups.
+#[derive(Debug, Default)]
+pub struct Tiers {
+    default_tier: String,
+    tiers: BTreeMap<String, TierConfig>,
+}
+
+impl Tiers {
+    /// True when no tier limits anything (lookups are skipped).
+    pub fn is_unlimited(&self) -> bool {
+        self.tiers
+            .values()
+            .all(|t| t.max_storage_gb.is_none() && t.max_qps.is_none())
+    }
+
+    /// The limits of `tier` (`None`, or a tier no longer configured: the
+    /// default tier).
+    pub fn quota(&self, tier: Option<&str>) -> honeycell_auth::Quota {
+        let t = tier
+            .and_then(|t| self.tiers.get(t))
+            .or_else(|| self.tiers.get(&self.default_tier));
+        match t {
+            None => honeycell_auth::Quota::default(),
+            Some(t) => honeycell_auth::Quota {
+                max_stored_bytes: t.max_storage_gb.map(|gb| (gb * 1e9) as u64),
+                max_qps: t.max_qps,
+            },
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tiers.keys().map(String::as_str)
+    }
 }
 
 impl Default for ControlConfig {
@@ -74,6 +124,8 @@ impl Default for ControlConfig {
             access_token_ttl: "15m".into(),
             refresh_token_ttl: "7d".into(),
             signing_key_reload: "30s".into(),
+            default_tier: "default".into(),
+            tiers: BTreeMap::new(),
         }
     }
 }
@@ -96,6 +148,8 @@ impl std::fmt::Debug for ControlConfig {
             .field("access_token_ttl", &self.access_token_ttl)
             .field("refresh_token_ttl", &self.refresh_token_ttl)
             .field("signing_key_reload", &self.signing_key_reload)
+            .field("default_tier", &self.default_tier)
+            .field("tiers", &self.tiers)
             .finish()
     }
 }
@@ -137,6 +191,20 @@ impl ControlConfig {
         self.brute_force()?;
         self.token_ttls()?;
         self.signing_key_reload()?;
+        for (name, t) in &self.tiers {
+            if t.max_storage_gb.is_some_and(|g| g.is_nan() || g <= 0.0) || t.max_qps == Some(0) {
+                return Err(Error::Config(format!(
+                    "control.tiers.{name}: max_storage_gb and max_qps must be above 0"
+                )));
+            }
+        }
+        if !self.tiers.is_empty() && !self.tiers.contains_key(&self.default_tier) {
+            return Err(Error::Config(format!(
+                "control.default_tier {:?} is not one of the configured tiers ({})",
+                self.default_tier,
+                self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
         if self.api_key_cache_ttl()? > Duration::from_secs(1) {
             return Err(Error::Config(format!(
                 "control.api_key_cache_ttl {:?} is over 1s: revocations must reach every cell within a second",
@@ -188,6 +256,14 @@ impl ControlConfig {
             ));
         }
         Ok((access, refresh))
+    }
+
+    /// The tiers for lookups.
+    pub fn tiers(&self) -> Tiers {
+        Tiers {
+            default_tier: self.default_tier.clone(),
+            tiers: self.tiers.clone(),
+        }
     }
 
     pub fn signing_key_reload(&self) -> Result<Duration> {

@@ -32,7 +32,7 @@ pub use audit_sink::AuditSink;
 pub use authn::{
     API_KEY_PREFIX, Authenticator, BruteForce, NewApiKey, generate_api_key, parse_api_key,
 };
-pub use config::{ControlConfig, StoreKind, StoreOpener};
+pub use config::{ControlConfig, StoreKind, StoreOpener, TierConfig, Tiers};
 pub use embedded::EmbeddedStore;
 pub use error::{Error, Result};
 pub use model::{

@@ -288,6 +288,7 @@ impl TokenService {
                 token_id: None,
                 scopes,
             },
+            quota: honeycell_auth::Quota::default(),
         };
         let (next_text, next) = self.new_refresh(&ctx, &current.family);
         let old = match self.inner.store.rotate_refresh(&old_id, now, &next).await? {

@@ -146,3 +146,36 @@ fn rfc3339(us: i64) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| us.to_string())
 }
+
+/// `honeycell orgs set-tier ORG TIER`: records the org (if new) with `tier`.
+pub fn orgs_set_tier(config: &Config, org: &str, tier: &str) -> anyhow::Result<String> {
+    config.validate()?;
+    let org = OrgId::new(org).context("ORG")?;
+    let tiers = config.control.tiers();
+    if !tiers.names().any(|t| t == tier) {
+        anyhow::bail!(
+            "unknown tier {tier:?}; configured tiers: {}",
+            tiers.names().collect::<Vec<_>>().join(", ")
+        );
+    }
+    runtime()?.block_on(async {
+        let (_, store) = config
+            .control
+            .prepare(&config.data_dir)
+            .await
+            .context("control plane store")?;
+        if !store.set_org_tier(&org, tier).await? {
+            store
+                .create_org(&honeycell_control::Org {
+                    id: org.clone(),
+                    name: org.to_string(),
+                    tier: tier.to_owned(),
+                    created_at_us: honeycell_types::now_us(),
+                })
+                .await?;
+        }
+        Ok(format!(
+            "{org} is on tier {tier}; running servers apply it within 5 s"
+        ))
+    })
+}

@@ -77,6 +77,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let brute_force = config.control.brute_force()?;
     let (access_ttl, refresh_ttl) = config.control.token_ttls()?;
     let key_reload = config.control.signing_key_reload()?;
+    let tiers = Arc::new(config.control.tiers());
 
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
@@ -120,6 +121,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let verifier = verifier.clone();
         let opener = opener.clone();
         let jwt = jwt.clone();
+        let tiers = tiers.clone();
         let http_config = http_config.clone();
         let locations = locations.clone();
         let query_pool = query_handle.clone();
@@ -157,6 +159,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 audit.clone(),
                 key_ttl,
                 brute_force,
+                tiers.clone(),
             );
             let api = ApiState::new(ctx.handle.clone(), auth.clone(), http_config, audit);
             let flight_state = FlightState {

@@ -114,6 +114,20 @@ enum Command {
     /// The server's token-signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Orgs and their quota tiers.
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+}
+
+#[derive(Subcommand)]
+enum OrgsCommand {
+    /// Put an org on a quota tier ([control.tiers.<name>]).
+    SetTier {
+        #[command(flatten)]
+        flags: ConfigFlags,
+        org: String,
+        tier: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +232,10 @@ fn main() -> ExitCode {
             .load()
             .and_then(|c| honeycell::admin::keys_list(&c))
             .map(|lines| lines.iter().for_each(|l| println!("{l}")))),
+        Command::Orgs(OrgsCommand::SetTier { flags, org, tier }) => ok(flags
+            .load()
+            .and_then(|c| honeycell::admin::orgs_set_tier(&c, org, tier))
+            .map(|line| println!("{line}"))),
         Command::Audit(AuditCommand::Verify { flags, org }) => flags
             .load()
             .and_then(|c| honeycell::admin::audit_verify(&c, org.as_deref()))

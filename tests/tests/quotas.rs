@@ -1,0 +1,183 @@
+//! Quota tiers end to end on PostgreSQL (so that `honeycell orgs set-tier`
+//! runs beside the server): the storage quota refuses ingest with 403
+//! `quota_exceeded` once an org's stored bytes reach it, keeps what was
+//! accepted, touches no other org, is audited, and lifts when the org moves
+//! to a larger tier; a tier's `max_qps` replaces the server-wide org rate.
+
+use std::time::{Duration, Instant};
+
+use honeycell_auth::Role;
+use honeycell_tests::*;
+use serde_json::{Value, json};
+
+const TIERS: &str = r#"
+[control]
+default_tier = "free"
+signing_key_reload = "1s"
+
+[control.tiers.free]
+max_storage_gb = 0.00003   # 30 kB
+max_qps = 1000
+
+[control.tiers.pro]
+max_storage_gb = 10.0
+
+[control.tiers.slow]
+max_qps = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_quota_and_tier_rates_are_enforced() {
+    let pg = TestPostgres::start();
+    let url = pg.database("hc");
+    let server = TestServer::builder()
+        .cells(2)
+        .toml(TIERS)
+        .env("HONEYCELL_CONTROL__STORE", "postgres")
+        .env("HONEYCELL_CONTROL__POSTGRES_URL", &url)
+        .start()
+        .await;
+    let set_tier = |org: &str, tier: &str| {
+        let out = honeycell_command()
+            .args(["orgs", "set-tier", org, tier])
+            .arg("--config")
+            .arg(server.dir().join("honeycell.toml"))
+            .env("HONEYCELL_CONTROL__STORE", "postgres")
+            .env("HONEYCELL_CONTROL__POSTGRES_URL", &url)
+            .output()
+            .expect("honeycell orgs set-tier");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+
+    // Ingest 50-event batches until the free tier's 30 kB are used up.
+    let small = server.token("small-co", Role::Operator);
+    let mut accepted = 0usize;
+    let refusal = loop {
+        let resp = server
+            .post_events(&small, &Value::Array(gen_events(50, accepted as u64)))
+            .await;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("JSON");
+        match status {
+            200 => accepted += 50,
+            403 => break body,
+            other => panic!("unexpected {other}: {body}"),
+        }
+        assert!(accepted < 10_000, "the quota never applied");
+    };
+    assert!(accepted > 0, "some batches fit under 30 kB");
+    assert_eq!(refusal["error"]["code"], "quota_exceeded", "{refusal}");
+    let msg = refusal["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("max_storage_gb") && msg.contains("larger tier"),
+        "{msg}"
+    );
+    assert_eq!(
+        server.count_http(&small).await,
+        accepted,
+        "nothing accepted is lost"
+    );
+    // GraphQL ingest is refused the same way; reads go on.
+    let (_, body) = server
+        .graphql(
+            &small,
+            "mutation { ingestEvents(events: [{eventType: INSERT, entityType: \"o\", entityId: \"1\"}]) { accepted } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "quota_exceeded",
+        "{body}"
+    );
+    let (status, _) = server.get_events(&small, "limit=1").await;
+    assert_eq!(status, 200);
+
+    // Another org on the same tier has its own quota.
+    let other = server.token("other-co", Role::Operator);
+    server.ingest_n(&other, 50, 9).await;
+
+    // The refusal is in the org's audit log.
+    let admin = server.token("small-co", Role::Admin);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = server
+            .graphql(
+                &admin,
+                "{ auditLog(action: \"quota.exceeded\") { entries { actor detail } } }",
+                json!({}),
+            )
+            .await;
+        let entries = body["data"]["auditLog"]["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !entries.is_empty() {
+            assert!(
+                entries[0]["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("max_storage_gb")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "quota refusal never audited: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains("honeycell_quota_rejected_total")
+    );
+
+    // A larger tier lifts the limit (cells re-read tiers within 5 s).
+    let (ok, text) = set_tier("small-co", "pro");
+    assert!(ok, "{text}");
+    assert!(text.contains("small-co is on tier pro"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = server
+            .post_events(&small, &Value::Array(gen_events(5, 77)))
+            .await;
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new tier never applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, text) = set_tier("small-co", "platinum");
+    assert!(!ok && text.contains("unknown tier \"platinum\""), "{text}");
+
+    // A tier's max_qps replaces the server-wide org rate.
+    let (ok, text) = set_tier("slowpoke", "slow");
+    assert!(ok, "{text}");
+    let slow = server.token("slowpoke", Role::Viewer);
+    let mut limited = 0;
+    let mut retry_after = false;
+    for _ in 0..20 {
+        let resp = server
+            .http()
+            .get(server.url("/v1/events?limit=1"))
+            .bearer_auth(&slow)
+            .send()
+            .await
+            .expect("GET");
+        if resp.status() == 429 {
+            limited += 1;
+            retry_after |= resp.headers().contains_key("retry-after");
+        }
+    }
+    assert!(
+        limited >= 10,
+        "2 req/s with a 4-request burst: most of 20 refused, got {limited}"
+    );
+    assert!(retry_after, "429s carry Retry-After");
+}
