@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::graphql_audit::AuditQueryRoot;
 use crate::graphql_edges::EventEdges;
 use crate::graphql_keys::{ApiKeyMutation, ApiKeyQuery};
+use crate::graphql_users::{UserMutation, UserQuery};
 use crate::http::{Tenant, build_filter, page_size};
 use crate::ingest::EventIn;
 use crate::json::rfc3339_us;
@@ -30,13 +31,13 @@ use honeycell_types::now_us;
 pub type HoneycellSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Every query field: events (here) and administration (`graphql_keys`,
-/// `graphql_audit`).
+/// `graphql_audit`, `graphql_users`).
 #[derive(MergedObject, Default)]
-pub struct Query(QueryRoot, ApiKeyQuery, AuditQueryRoot);
+pub struct Query(QueryRoot, ApiKeyQuery, AuditQueryRoot, UserQuery);
 
 /// Every mutation.
 #[derive(MergedObject, Default)]
-pub struct Mutation(MutationRoot, ApiKeyMutation);
+pub struct Mutation(MutationRoot, ApiKeyMutation, UserMutation);
 
 /// Builds the schema (with depth and complexity limits against abuse).
 pub fn schema() -> HoneycellSchema {

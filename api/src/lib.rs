@@ -16,6 +16,7 @@ pub mod graphql;
 mod graphql_audit;
 mod graphql_edges;
 mod graphql_keys;
+mod graphql_users;
 pub mod http;
 pub mod ingest;
 pub mod json;

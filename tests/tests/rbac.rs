@@ -27,10 +27,12 @@ enum Op {
     ApiKeysReadGraphql,
     ApiKeysWriteGraphql,
     AuditReadGraphql,
+    UsersReadGraphql,
+    UsersWriteGraphql,
 }
 
 /// (operation, its permission, admin, operator, viewer)
-const MATRIX: [(Op, &str, bool, bool, bool); 10] = [
+const MATRIX: [(Op, &str, bool, bool, bool); 12] = [
     (Op::EventsReadHttp, "events:read", true, true, true),
     (Op::EventsReadGraphql, "events:read", true, true, true),
     (Op::EventsReadFlight, "events:read", true, true, true),
@@ -41,6 +43,8 @@ const MATRIX: [(Op, &str, bool, bool, bool); 10] = [
     (Op::ApiKeysReadGraphql, "apikeys:read", true, false, false),
     (Op::ApiKeysWriteGraphql, "apikeys:write", true, false, false),
     (Op::AuditReadGraphql, "audit:read", true, false, false),
+    (Op::UsersReadGraphql, "users:read", true, false, false),
+    (Op::UsersWriteGraphql, "users:write", true, false, false),
 ];
 
 fn one_row() -> RecordBatch {
@@ -159,6 +163,18 @@ async fn run(server: &TestServer, op: Op, token: Option<&str>) -> Outcome {
         Op::ApiKeysWriteGraphql => {
             let (s, b) = gql(
                 "mutation { createApiKey(name: \"m\", role: VIEWER) { key } }",
+                json!({}),
+            )
+            .await;
+            graphql_outcome(s, &b)
+        }
+        Op::UsersReadGraphql => {
+            let (s, b) = gql("{ members { userId } }", json!({})).await;
+            graphql_outcome(s, &b)
+        }
+        Op::UsersWriteGraphql => {
+            let (s, b) = gql(
+                "mutation { addMember(email: \"m@example.com\", role: VIEWER) { userId } }",
                 json!({}),
             )
             .await;
