@@ -58,6 +58,7 @@ impl From<honeycell_cell::Error> for ApiError {
             honeycell_cell::Error::Forbidden { .. }
             | honeycell_cell::Error::ScopeForbidden { .. } => "forbidden",
             honeycell_cell::Error::QuotaExceeded { .. } => "quota_exceeded",
+            honeycell_cell::Error::TooManyConcurrent { .. } => "too_many_concurrent_requests",
             honeycell_cell::Error::BadFilter { .. } => "invalid_filter",
             honeycell_cell::Error::Storage(honeycell_storage::Error::Schema { .. }) => {
                 "invalid_event"

@@ -28,6 +28,8 @@ pub struct Quota {
     pub max_stored_bytes: Option<u64>,
     /// The org's request rate (replaces `rate_limiting.org_max_qps`).
     pub max_qps: Option<u32>,
+    /// Operations of the org in flight at once, per cell (429 beyond).
+    pub max_concurrent: Option<u32>,
 }
 
 /// The kind of credential a request presented. API keys and OAuth-issued

@@ -69,6 +69,10 @@ pub enum Error {
         role: &'static str,
         permission: &'static str,
     },
+    #[error(
+        "the org already has {limit} requests in flight (its tier's max_concurrent_requests); retry when one has finished"
+    )]
+    TooManyConcurrent { limit: u32 },
     #[error("quota exceeded: {quota}: {detail}")]
     QuotaExceeded { quota: &'static str, detail: String },
     #[error(
@@ -88,6 +92,9 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Storage(e) => e.class(),
+            Error::TooManyConcurrent { .. } => ErrorClass::Overloaded {
+                retry_after: std::time::Duration::from_secs(1),
+            },
             Error::RateLimited(l) => ErrorClass::Overloaded {
                 retry_after: l.retry_after,
             },

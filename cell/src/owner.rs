@@ -30,7 +30,34 @@ pub(crate) struct Owner {
     limiter: RefCell<RateLimiter>,
     admission: AdmissionConfig,
     in_flight: Cell<usize>,
+    /// Operations in flight per org (for the tier's
+    /// `max_concurrent_requests`); entries leave at zero.
+    org_in_flight: RefCell<HashMap<OrgId, u32>>,
     idle: Notify,
+}
+
+/// One in-flight operation of an org; released on drop.
+struct OrgSlot {
+    owner: Rc<Owner>,
+    org: OrgId,
+}
+
+impl Drop for OrgSlot {
+    fn drop(&mut self) {
+        let mut map = self.owner.org_in_flight.borrow_mut();
+        if let Some(n) = map.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.org);
+            }
+        }
+    }
+}
+
+fn concurrency_error(ctx: &TenantContext) -> Error {
+    Error::TooManyConcurrent {
+        limit: ctx.quota.max_concurrent.unwrap_or_default(),
+    }
 }
 
 impl Owner {
@@ -43,6 +70,7 @@ impl Owner {
             limiter: RefCell::new(limiter),
             admission,
             in_flight: Cell::new(0),
+            org_in_flight: RefCell::new(HashMap::new()),
             idle: Notify::new(),
         }
     }
@@ -90,9 +118,14 @@ impl Owner {
                     let _ = reply.send(Err(e));
                     return;
                 }
+                let Some(slot) = self.org_slot(&ctx) else {
+                    let _ = reply.send(Err(concurrency_error(&ctx)));
+                    return;
+                };
                 let this = self.clone();
                 self.track(async move {
                     let _ = reply.send(this.ingest(&ctx, batch).await);
+                    drop(slot);
                 });
             }
             Op::Read { ctx, reply } => {
@@ -100,9 +133,14 @@ impl Owner {
                     let _ = reply.send(Err(e));
                     return;
                 }
+                let Some(slot) = self.org_slot(&ctx) else {
+                    let _ = reply.send(Err(concurrency_error(&ctx)));
+                    return;
+                };
                 let this = self.clone();
                 self.track(async move {
                     let _ = reply.send(this.read(&ctx.org).await);
+                    drop(slot);
                 });
             }
         }
@@ -119,6 +157,22 @@ impl Owner {
                 this.idle.notify_waiters();
             }
         });
+    }
+
+    /// Takes one of the org's concurrent-operation slots (its tier's
+    /// `max_concurrent_requests`), or `None` when all are in use.
+    fn org_slot(self: &Rc<Self>, ctx: &TenantContext) -> Option<OrgSlot> {
+        let mut map = self.org_in_flight.borrow_mut();
+        let n = map.entry(ctx.org.clone()).or_insert(0);
+        if ctx.quota.max_concurrent.is_some_and(|max| *n >= max) {
+            metrics::with(|m| m.quota_rejected += 1);
+            return None;
+        }
+        *n += 1;
+        Some(OrgSlot {
+            owner: self.clone(),
+            org: ctx.org.clone(),
+        })
     }
 
     /// Rate limits, then admission control: queue depth and buffered memory.

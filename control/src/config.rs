@@ -72,6 +72,11 @@ pub struct TierConfig {
     pub max_storage_gb: Option<f64>,
     /// Requests per second for the org (replaces rate_limiting.org_max_qps).
     pub max_qps: Option<u32>,
+    /// Operations of the org in flight at once on its owning cell; beyond,
+    /// 429 `too_many_concurrent_requests`. (Per request rather than per TCP
+    /// connection: with HTTP/2 and gRPC one connection carries many
+    /// requests, and a connection's org is known only once it authenticates.)
+    pub max_concurrent_requests: Option<u32>,
 }
 
 /// The tiers, resolved for lookups.
@@ -84,9 +89,9 @@ pub struct Tiers {
 impl Tiers {
     /// True when no tier limits anything (lookups are skipped).
     pub fn is_unlimited(&self) -> bool {
-        self.tiers
-            .values()
-            .all(|t| t.max_storage_gb.is_none() && t.max_qps.is_none())
+        self.tiers.values().all(|t| {
+            t.max_storage_gb.is_none() && t.max_qps.is_none() && t.max_concurrent_requests.is_none()
+        })
     }
 
     /// The limits of `tier` (`None`, or a tier no longer configured: the
@@ -100,6 +105,7 @@ impl Tiers {
             Some(t) => honeycell_auth::Quota {
                 max_stored_bytes: t.max_storage_gb.map(|gb| (gb * 1e9) as u64),
                 max_qps: t.max_qps,
+                max_concurrent: t.max_concurrent_requests,
             },
         }
     }
@@ -192,9 +198,12 @@ impl ControlConfig {
         self.token_ttls()?;
         self.signing_key_reload()?;
         for (name, t) in &self.tiers {
-            if t.max_storage_gb.is_some_and(|g| g.is_nan() || g <= 0.0) || t.max_qps == Some(0) {
+            if t.max_storage_gb.is_some_and(|g| g.is_nan() || g <= 0.0)
+                || t.max_qps == Some(0)
+                || t.max_concurrent_requests == Some(0)
+            {
                 return Err(Error::Config(format!(
-                    "control.tiers.{name}: max_storage_gb and max_qps must be above 0"
+                    "control.tiers.{name}: max_storage_gb, max_qps and max_concurrent_requests must be above 0"
                 )));
             }
         }

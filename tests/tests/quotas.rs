@@ -181,3 +181,74 @@ async fn storage_quota_and_tier_rates_are_enforced() {
     );
     assert!(retry_after, "429s carry Retry-After");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_tiers_concurrency_get_429_and_slots_are_released() {
+    let server = TestServer::builder()
+        .cells(2)
+        .toml(
+            r#"
+[control]
+default_tier = "tight"
+[control.tiers.tight]
+max_concurrent_requests = 1
+"#,
+        )
+        .start()
+        .await;
+    let token = server.token("busy-co", Role::Operator);
+    // 24 concurrent 2,000-event ingests: each waits for its fsync, so they
+    // overlap on the owning cell.
+    let mut tasks = Vec::new();
+    for i in 0..24u64 {
+        let client = reqwest::Client::new();
+        let url = server.url("/v1/events");
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&Value::Array(gen_events(2_000, i)))
+                .send()
+                .await
+                .expect("POST");
+            let status = resp.status().as_u16();
+            let retry = resp.headers().contains_key("retry-after");
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, retry, body)
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (status, retry, body) = t.await.expect("task");
+        match status {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                assert!(retry, "Retry-After on {body}");
+                assert_eq!(
+                    body["error"]["code"], "too_many_concurrent_requests",
+                    "{body}"
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(ok >= 1, "at least the first is served");
+    assert!(
+        refused >= 1,
+        "24 overlapping requests against a limit of 1: some refused"
+    );
+    assert_eq!(
+        server.count_http(&token).await,
+        ok * 2_000,
+        "every accepted batch stored"
+    );
+    // Slots are released: one at a time, everything passes.
+    for i in 0..5 {
+        let resp = server
+            .post_events(&token, &Value::Array(gen_events(10, 100 + i)))
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+}
