@@ -43,6 +43,8 @@ pub struct FlightState {
     pub cells: CellHandle,
     /// Checks JWTs and API keys.
     pub auth: honeycell_control::Authenticator,
+    /// Queues audit entries (refusals for permission or quota).
+    pub audit: honeycell_control::AuditSink,
     /// The Flight location (`grpc+tcp://host:port`) of every cell, by index.
     pub locations: Arc<[String]>,
     /// Where DataFusion queries run (never on a cell's thread).
@@ -64,6 +66,32 @@ impl FlightState {
         };
         let peer = request.remote_addr().map(|a| a.ip());
         Ok(self.auth.authenticate(header, peer).await?)
+    }
+
+    /// Audits a refusal for lack of permission or over a quota; passes the
+    /// error through (the same entries the HTTP and GraphQL paths write).
+    pub fn refused(&self, ctx: &TenantContext, e: honeycell_cell::Error) -> Error {
+        let (action, resource, detail) = match &e {
+            honeycell_cell::Error::Forbidden { permission, .. }
+            | honeycell_cell::Error::ScopeForbidden { permission } => {
+                ("permission.denied", (*permission).to_owned(), None)
+            }
+            honeycell_cell::Error::QuotaExceeded { .. } => {
+                ("quota.exceeded", "events".to_owned(), Some(e.to_string()))
+            }
+            _ => return e.into(),
+        };
+        self.audit.record(honeycell_control::AuditDraft {
+            org: ctx.org.clone(),
+            at_us: honeycell_types::now_us(),
+            actor: ctx.subject.clone(),
+            action: action.to_owned(),
+            resource,
+            result: "denied".to_owned(),
+            trace_id: None,
+            detail,
+        });
+        e.into()
     }
 
     /// The location of the cell owning `org`: bulk reads go straight there.
@@ -158,7 +186,12 @@ impl HoneycellFlight {
         let ctx = self.state.tenant(&request).await?;
         let query = EventsTicket::parse(&request.get_ref().ticket, "ticket")?;
         let (filter, after) = query.filter()?;
-        let snapshot = self.state.cells.snapshot(&ctx).await?;
+        let snapshot = self
+            .state
+            .cells
+            .snapshot(&ctx)
+            .await
+            .map_err(|e| self.state.refused(&ctx, e))?;
         // Batches go from the snapshot (zero-copy views of sealed segments)
         // straight into the Flight encoder: no rows, no JSON.
         let batches = Scan::new(&snapshot, &filter, after).map(|item| {
@@ -201,7 +234,8 @@ impl HoneycellFlight {
                         let ack = state
                             .cells
                             .ingest(&ctx, normalized.slice(start, len))
-                            .await?;
+                            .await
+                            .map_err(|e| state.refused(&ctx, e))?;
                         first_offset.get_or_insert(ack.first_offset);
                         accepted += ack.rows;
                         start += len;
@@ -231,7 +265,12 @@ impl HoneycellFlight {
                 "location": self.state.location_of(&ctx.org),
             }),
             "stats" => {
-                let snapshot = self.state.cells.snapshot(&ctx).await?;
+                let snapshot = self
+                    .state
+                    .cells
+                    .snapshot(&ctx)
+                    .await
+                    .map_err(|e| self.state.refused(&ctx, e))?;
                 json!({
                     "events": snapshot.num_rows(),
                     "first_offset": snapshot.first_offset(),

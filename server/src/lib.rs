@@ -165,6 +165,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
             let flight_state = FlightState {
                 cells: ctx.handle.clone(),
                 auth: auth.clone(),
+                audit: api.audit.clone(),
                 locations,
                 query_pool,
                 max_append_rows,

@@ -251,3 +251,40 @@ async fn every_role_every_operation_every_protocol() {
         failures.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_over_flight_are_audited_like_http_ones() {
+    let server = TestServer::builder().cells(2).start().await;
+    let viewer = server.token_for("audited", "vic", Role::Viewer);
+    let mut c = server.flight_at(server.ports().flight, Some(&viewer)).await;
+    let refused = do_put_all(&mut c, vec![one_row()])
+        .await
+        .expect_err("viewer DoPut");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let admin = server.token("audited", Role::Admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, body) = server
+            .graphql(
+                &admin,
+                "{ auditLog(action: \"permission.denied\") { entries { actor resource } } }",
+                json!({}),
+            )
+            .await;
+        let entries = body["data"]["auditLog"]["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if entries
+            .iter()
+            .any(|e| e["actor"] == "vic" && e["resource"] == "events:write")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Flight refusal never audited: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
