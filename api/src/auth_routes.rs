@@ -9,8 +9,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use honeycell_auth::Credential;
-use honeycell_control::{AuditDraft, TokenService};
-use honeycell_types::{ErrorClass, OrgId, now_us};
+use honeycell_control::TokenService;
+use honeycell_types::{ErrorClass, OrgId};
 use serde::Deserialize;
 
 use crate::ApiState;
@@ -34,16 +34,7 @@ fn tokens(state: &ApiState) -> Result<&TokenService, ApiError> {
 }
 
 fn audit(state: &ApiState, org: &OrgId, actor: &str, action: &str, resource: String, result: &str) {
-    state.audit.record(AuditDraft {
-        org: org.clone(),
-        at_us: now_us(),
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        resource,
-        result: result.to_owned(),
-        trace_id: None,
-        detail: None,
-    });
+    state.record(org, actor, action, &resource, result, None);
 }
 
 /// `POST /auth/token` with `Authorization: Bearer hck_…`: a token pair for

@@ -71,6 +71,18 @@ impl From<ApiError> for async_graphql::Error {
     }
 }
 
+/// The caller and the API state, if the caller may perform `action` (a
+/// refusal is audited by the handler, as every 403 is).
+pub(crate) fn authorized<'a>(
+    ctx: &'a Context<'_>,
+    action: honeycell_auth::Action,
+) -> async_graphql::Result<(&'a TenantContext, &'a ApiState)> {
+    let tenant = ctx.data::<TenantContext>()?;
+    let state = ctx.data::<ApiState>()?;
+    honeycell_cell::bus::authorize(tenant, action).map_err(ApiError::from)?;
+    Ok((tenant, state))
+}
+
 fn caller<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<(&'a TenantContext, &'a ApiState)> {
     Ok((ctx.data::<TenantContext>()?, ctx.data::<ApiState>()?))
 }

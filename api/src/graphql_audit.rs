@@ -4,11 +4,11 @@
 //! comes from the credential, so no argument can name another org.
 
 use async_graphql::{Context, Object, SimpleObject};
-use honeycell_auth::{Action, Resource, TenantContext};
+use honeycell_auth::{Action, Resource};
 use honeycell_control::{AuditEntry as Entry, AuditQuery};
 
-use crate::ApiState;
 use crate::error::ApiError;
+use crate::graphql::authorized;
 use crate::json::rfc3339_us;
 
 const DEFAULT_PAGE: i32 = 50;
@@ -71,10 +71,7 @@ impl AuditQueryRoot {
         before: Option<u64>,
         first: Option<i32>,
     ) -> async_graphql::Result<AuditPage> {
-        let tenant = ctx.data::<TenantContext>()?;
-        let state = ctx.data::<ApiState>()?;
-        honeycell_cell::bus::authorize(tenant, Action::read(Resource::Audit))
-            .map_err(ApiError::from)?;
+        let (tenant, state) = authorized(ctx, Action::read(Resource::Audit))?;
         let first = first.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&first) {
             return Err(ApiError::bad_request(

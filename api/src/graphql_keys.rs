@@ -7,11 +7,12 @@
 
 use async_graphql::{Context, Enum, Object, SimpleObject};
 use honeycell_auth::{Action, ActionSet, Op, Resource, Role, TenantContext};
-use honeycell_control::{ApiKey as KeyRecord, AuditDraft, generate_api_key};
+use honeycell_control::{ApiKey as KeyRecord, generate_api_key};
 use honeycell_types::{ErrorClass, now_us};
 
 use crate::ApiState;
 use crate::error::ApiError;
+use crate::graphql::authorized;
 use crate::json::rfc3339_us;
 
 const MAX_NAME: usize = 100;
@@ -77,29 +78,15 @@ pub struct CreatedApiKey {
 }
 
 fn audit(state: &ApiState, ctx: &TenantContext, action: &str, resource: String, result: &str) {
-    state.audit.record(AuditDraft {
-        org: ctx.org.clone(),
-        at_us: now_us(),
-        actor: ctx.subject.clone(),
-        action: action.to_owned(),
-        resource,
-        result: result.to_owned(),
-        trace_id: None,
-        detail: None,
-    });
+    state.record(&ctx.org, &ctx.subject, action, &resource, result, None);
 }
 
-/// The caller, if it may `op` API keys (a refusal is audited by the GraphQL
-/// handler, as every 403 is).
+/// The caller, if it may `op` API keys.
 fn allowed<'a>(
     ctx: &'a Context<'_>,
     op: Op,
 ) -> async_graphql::Result<(&'a TenantContext, &'a ApiState)> {
-    let tenant = ctx.data::<TenantContext>()?;
-    let state = ctx.data::<ApiState>()?;
-    honeycell_cell::bus::authorize(tenant, Action::new(Resource::ApiKeys, op))
-        .map_err(ApiError::from)?;
-    Ok((tenant, state))
+    authorized(ctx, Action::new(Resource::ApiKeys, op))
 }
 
 fn not_found(id: &str) -> ApiError {

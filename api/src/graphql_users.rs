@@ -7,11 +7,12 @@
 
 use async_graphql::{Context, Object, SimpleObject};
 use honeycell_auth::{Action, Op, Resource, Role, TenantContext};
-use honeycell_control::{AuditDraft, Membership, User};
+use honeycell_control::{Membership, User};
 use honeycell_types::{ErrorClass, now_us};
 
 use crate::ApiState;
 use crate::error::ApiError;
+use crate::graphql::authorized;
 use crate::graphql_keys::RoleGql;
 
 const MAX_EMAIL: usize = 254;
@@ -28,24 +29,19 @@ fn allowed<'a>(
     ctx: &'a Context<'_>,
     op: Op,
 ) -> async_graphql::Result<(&'a TenantContext, &'a ApiState)> {
-    let tenant = ctx.data::<TenantContext>()?;
-    let state = ctx.data::<ApiState>()?;
-    honeycell_cell::bus::authorize(tenant, Action::new(Resource::Users, op))
-        .map_err(ApiError::from)?;
-    Ok((tenant, state))
+    authorized(ctx, Action::new(Resource::Users, op))
 }
 
 fn audit(state: &ApiState, ctx: &TenantContext, action: &str, user_id: &str, detail: String) {
-    state.audit.record(AuditDraft {
-        org: ctx.org.clone(),
-        at_us: now_us(),
-        actor: ctx.subject.clone(),
-        action: action.to_owned(),
-        resource: format!("user/{user_id}"),
-        result: "ok".to_owned(),
-        trace_id: None,
-        detail: Some(detail),
-    });
+    let resource = format!("user/{user_id}");
+    state.record(
+        &ctx.org,
+        &ctx.subject,
+        action,
+        &resource,
+        "ok",
+        Some(&detail),
+    );
 }
 
 fn not_member(user_id: &str) -> ApiError {

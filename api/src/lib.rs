@@ -125,13 +125,26 @@ impl ApiState {
         resource: &str,
         detail: Option<&str>,
     ) {
+        self.record(&ctx.org, &ctx.subject, action, resource, "denied", detail);
+    }
+
+    /// Queues one audit entry (the one place the API layer builds them).
+    pub(crate) fn record(
+        &self,
+        org: &honeycell_types::OrgId,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        result: &str,
+        detail: Option<&str>,
+    ) {
         self.audit.record(honeycell_control::AuditDraft {
-            org: ctx.org.clone(),
+            org: org.clone(),
             at_us: honeycell_types::now_us(),
-            actor: ctx.subject.clone(),
+            actor: actor.to_owned(),
             action: action.to_owned(),
             resource: resource.to_owned(),
-            result: "denied".to_owned(),
+            result: result.to_owned(),
             trace_id: None,
             detail: detail.map(str::to_owned),
         });

@@ -1,7 +1,8 @@
-//! Offline administration commands: `honeycell migrate` and
-//! `honeycell audit verify`. Each opens the configured control-plane store
-//! on a runtime of its own, does its work and exits; neither needs the
-//! server to be running.
+//! Offline administration commands: `honeycell migrate`, `audit verify`,
+//! `keys rotate|list|prune` and `orgs set-tier`. Each opens the configured
+//! control-plane store on a runtime of its own ([`with_store`]), does its
+//! work and exits; none needs the server to be running (with the embedded
+//! store, the server must not be running: redb locks its file).
 
 use anyhow::Context as _;
 use honeycell_control::Store;
@@ -9,22 +10,30 @@ use honeycell_types::OrgId;
 
 use crate::Config;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+/// Validates the configuration, opens the store (applying migrations) on
+/// a runtime of its own, and runs `work` with it.
+fn with_store<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(Store) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start a runtime")
-}
-
-/// Opens the store, applying pending migrations; returns a line to print.
-pub fn migrate(config: &Config) -> anyhow::Result<String> {
-    config.validate()?;
-    runtime()?.block_on(async {
+        .context("cannot start a runtime")?;
+    rt.block_on(async {
         let (_, store) = config
             .control
             .prepare(&config.data_dir)
             .await
             .context("control plane store")?;
+        work(store).await
+    })
+}
+
+/// Opens the store, applying pending migrations; returns a line to print.
+pub fn migrate(config: &Config) -> anyhow::Result<String> {
+    with_store(config, async |store| {
         Ok(match &store {
             Store::Embedded(s) => format!(
                 "embedded control plane store ready at {}",
@@ -47,14 +56,8 @@ pub struct Verified {
 
 /// Verifies the audit hash chain of `org`, or of every org with entries.
 pub fn audit_verify(config: &Config, org: Option<&str>) -> anyhow::Result<Vec<Verified>> {
-    config.validate()?;
     let org = org.map(|o| OrgId::new(o).context("--org")).transpose()?;
-    runtime()?.block_on(async {
-        let (_, store) = config
-            .control
-            .prepare(&config.data_dir)
-            .await
-            .context("control plane store")?;
+    with_store(config, async |store| {
         let orgs = match org {
             Some(o) => vec![o],
             None => store.audit_orgs().await?,
@@ -71,13 +74,7 @@ pub fn audit_verify(config: &Config, org: Option<&str>) -> anyhow::Result<Vec<Ve
 /// `honeycell keys rotate`: a new signing key; the others are retired (they
 /// keep verifying until the tokens they signed expire).
 pub fn keys_rotate(config: &Config) -> anyhow::Result<String> {
-    config.validate()?;
-    runtime()?.block_on(async {
-        let (_, store) = config
-            .control
-            .prepare(&config.data_dir)
-            .await
-            .context("control plane store")?;
+    with_store(config, async |store| {
         let kid = honeycell_control::rotate_signing_key(&store).await?;
         Ok(format!(
             "new signing key {kid}; earlier keys retired: they verify until their tokens expire (control.access_token_ttl), then `honeycell keys prune` deletes them; running servers pick the new key up within 30 s"
@@ -87,13 +84,7 @@ pub fn keys_rotate(config: &Config) -> anyhow::Result<String> {
 
 /// `honeycell keys list`: one line per signing key.
 pub fn keys_list(config: &Config) -> anyhow::Result<Vec<String>> {
-    config.validate()?;
-    runtime()?.block_on(async {
-        let (_, store) = config
-            .control
-            .prepare(&config.data_dir)
-            .await
-            .context("control plane store")?;
+    with_store(config, async |store| {
         Ok(store
             .signing_keys()
             .await?
@@ -116,14 +107,8 @@ pub fn keys_list(config: &Config) -> anyhow::Result<Vec<String>> {
 /// `honeycell keys prune`: deletes keys retired longer ago than the access
 /// token lifetime (no token they signed can still be valid).
 pub fn keys_prune(config: &Config) -> anyhow::Result<String> {
-    config.validate()?;
     let (access_ttl, _) = config.control.token_ttls()?;
-    runtime()?.block_on(async {
-        let (_, store) = config
-            .control
-            .prepare(&config.data_dir)
-            .await
-            .context("control plane store")?;
+    with_store(config, async |store| {
         let cutoff = honeycell_types::now_us() - access_ttl.as_micros() as i64;
         let mut deleted = Vec::new();
         for k in store.signing_keys().await? {
@@ -149,7 +134,6 @@ fn rfc3339(us: i64) -> String {
 
 /// `honeycell orgs set-tier ORG TIER`: records the org (if new) with `tier`.
 pub fn orgs_set_tier(config: &Config, org: &str, tier: &str) -> anyhow::Result<String> {
-    config.validate()?;
     let org = OrgId::new(org).context("ORG")?;
     let tiers = config.control.tiers();
     if !tiers.names().any(|t| t == tier) {
@@ -158,12 +142,7 @@ pub fn orgs_set_tier(config: &Config, org: &str, tier: &str) -> anyhow::Result<S
             tiers.names().collect::<Vec<_>>().join(", ")
         );
     }
-    runtime()?.block_on(async {
-        let (_, store) = config
-            .control
-            .prepare(&config.data_dir)
-            .await
-            .context("control plane store")?;
+    with_store(config, async |store| {
         if !store.set_org_tier(&org, tier).await? {
             store
                 .create_org(&honeycell_control::Org {
