@@ -177,14 +177,47 @@ pub fn router(state: ApiState) -> Router {
 /// Serves HTTP on `listener` until `shutdown`, then drains open requests.
 pub async fn serve(
     listener: std::net::TcpListener,
+    tls: Option<std::sync::Arc<honeycell_tls::Tls>>,
     state: ApiState,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.wait())
-    .await
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.wait())
+                .await
+        }
+        Some(tls) => {
+            use axum::serve::ListenerExt as _;
+            let incoming = honeycell_tls::incoming(listener, tls, honeycell_tls::Endpoint::Http)?;
+            // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for a
+            // listener of our own (the peer address feeds brute-force limits).
+            axum::serve(TlsListener(incoming).tap_io(|_| {}), app)
+                .with_graceful_shutdown(shutdown.wait())
+                .await
+        }
+    }
+}
+
+/// Finished TLS connections as an axum listener.
+struct TlsListener(honeycell_tls::Incoming);
+
+impl axum::serve::Listener for TlsListener {
+    type Io = honeycell_tls::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.0.next().await {
+            Some(conn) => conn,
+            // The accept loop ended (only when this listener is dropped);
+            // axum stops on its shutdown signal, not here.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
+    }
 }

@@ -18,15 +18,18 @@ pub use error::{Error, Result};
 pub use service::{FlightState, HoneycellFlight};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::FutureExt as _;
 use honeycell_cell::Shutdown;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// Largest gRPC message accepted (DoPut batches) and sent.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Serves Flight on every listener of this cell until `shutdown`.
+/// Serves Flight on every listener of this cell until `shutdown`, over TLS
+/// (and with client certificates, when configured) when `tls` is given.
 pub async fn serve(
     listeners: Vec<std::net::TcpListener>,
+    tls: Option<std::sync::Arc<honeycell_tls::Tls>>,
     service: HoneycellFlight,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
@@ -37,13 +40,37 @@ pub async fn serve(
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let shutdown = shutdown.clone();
-        servers.push(async move {
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.wait())
-                .await
-        });
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(svc);
+        match &tls {
+            None => servers.push(
+                async move {
+                    server
+                        .serve_with_incoming_shutdown(
+                            TcpListenerStream::new(listener),
+                            shutdown.wait(),
+                        )
+                        .await
+                }
+                .boxed(),
+            ),
+            Some(tls) => {
+                let incoming = honeycell_tls::incoming(
+                    listener,
+                    tls.clone(),
+                    honeycell_tls::Endpoint::Flight,
+                )?;
+                servers.push(
+                    async move {
+                        server
+                            .serve_with_incoming_shutdown(incoming.into_stream(), shutdown.wait())
+                            .await
+                    }
+                    .boxed(),
+                );
+            }
+        }
     }
     for result in futures::future::join_all(servers).await {
         result.map_err(std::io::Error::other)?;

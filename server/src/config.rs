@@ -16,6 +16,7 @@ use honeycell_auth::JwtConfig;
 use honeycell_cell::{AdmissionConfig, RateLimitConfig};
 use honeycell_control::ControlConfig;
 use honeycell_storage::StorageConfig;
+use honeycell_tls::TlsConfig;
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -55,6 +56,7 @@ pub struct Config {
     pub http_limits: HttpConfig,
     pub router: RouterConfig,
     pub control: ControlConfig,
+    pub tls: TlsConfig,
 }
 
 /// How the server runs its threads.
@@ -114,6 +116,7 @@ impl Default for Config {
             http_limits: HttpConfig::default(),
             router: RouterConfig::default(),
             control: ControlConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -308,6 +311,7 @@ impl Config {
         self.admission.validate().map_err(anyhow::Error::msg)?;
         self.http_limits.validate().map_err(anyhow::Error::msg)?;
         self.control.validate()?;
+        self.tls.validate()?;
         for (org, cell) in &self.router.overrides {
             honeycell_types::OrgId::new(org.clone())
                 .map_err(|e| anyhow::anyhow!("router.overrides: {e}"))?;

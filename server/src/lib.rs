@@ -55,6 +55,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         );
     }
     let verifier = Verifier::new(&jwt).context("jwt")?;
+    let tls = honeycell_tls::Tls::load(&config.tls)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
 
@@ -86,7 +87,14 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let locations: Arc<[String]> = bound
         .flight_cell_ports
         .iter()
-        .map(|p| format!("grpc+tcp://{host}:{p}"))
+        .map(|p| {
+            let scheme = if tls.is_some() {
+                "grpc+tls"
+            } else {
+                "grpc+tcp"
+            };
+            format!("{scheme}://{host}:{p}")
+        })
         .collect();
 
     let query_pool = tokio::runtime::Builder::new_multi_thread()
@@ -114,6 +122,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let http_config = Arc::new(config.http_limits.clone());
     let query_handle = query_pool.handle().clone();
     let max_append_rows = config.http_limits.max_batch_events.max(65_536);
+    let cell_tls = tls.clone();
 
     let serve = move |ctx: CellContext,
                       listeners: CellListeners|
@@ -125,6 +134,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let http_config = http_config.clone();
         let locations = locations.clone();
         let query_pool = query_handle.clone();
+        let tls = cell_tls.clone();
         Box::pin(async move {
             let cell = ctx.handle.id();
             // Each cell its own store handle: with PostgreSQL, its own pool,
@@ -177,9 +187,10 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                     return;
                 }
             };
-            let http = honeycell_api::serve(listeners.http, api, ctx.shutdown.clone());
+            let http = honeycell_api::serve(listeners.http, tls.clone(), api, ctx.shutdown.clone());
             let flight = honeycell_flight::serve(
                 vec![listeners.flight_shared, listeners.flight_cell],
+                tls,
                 flight,
                 ctx.shutdown.clone(),
             );
@@ -246,13 +257,26 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         runtime = ?config.runtime,
         http = bound.http_port,
         flight = bound.flight_port,
+        tls = tls.is_some(),
+        flight_client_certs = tls.as_ref().is_some_and(|t| t.flight_client_auth()),
         flight_cells = ?bound.flight_cell_ports,
         data_dir = %config.data_dir.display(),
         "honeycell serving"
     );
 
-    // Wait for the stop signal on this (main) thread.
-    waiter.block_on(stop);
+    // Wait for the stop signal on this (main) thread, which meanwhile
+    // reloads the TLS files when they change.
+    waiter.block_on(async {
+        match tls.clone() {
+            Some(tls) => {
+                tokio::select! {
+                    () = stop => {}
+                    () = tls.watch() => {}
+                }
+            }
+            None => stop.await,
+        }
+    });
     tracing::info!("stopping: draining connections and flushing the WAL");
     let result = running.shutdown();
     query_pool.shutdown_timeout(std::time::Duration::from_secs(5));

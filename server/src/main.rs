@@ -207,12 +207,19 @@ fn main() -> ExitCode {
         } => ok(token(flags, org, role, ttl, subject).map(|t| println!("{t}"))),
         Command::CheckConfig(flags) => ok(flags.load().and_then(|c| {
             c.validate()?;
+            // Reads and parses the certificate files, as `serve` would.
+            let tls = honeycell_tls::Tls::load(&c.tls)?;
             println!(
-                "configuration is valid: {} cells, http {}, flight {}, data_dir {}",
+                "configuration is valid: {} cells, http {}, flight {}, data_dir {}, tls {}",
                 c.cell_count(),
                 c.http,
                 c.flight,
-                c.data_dir.display()
+                c.data_dir.display(),
+                match &tls {
+                    None => "off",
+                    Some(t) if t.flight_client_auth() => "on (Flight asks for client certificates)",
+                    Some(_) => "on",
+                }
             );
             Ok(())
         })),

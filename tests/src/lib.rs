@@ -44,7 +44,7 @@ pub mod pg;
 pub mod tls;
 
 pub use pg::TestPostgres;
-pub use tls::TestCa;
+pub use tls::{TestCa, TlsClient};
 
 /// A port that was free on 127.0.0.1 a moment ago (for services, such as
 /// PostgreSQL, that cannot report a port-0 binding back).
@@ -154,6 +154,7 @@ pub struct ServerBuilder {
     args: Vec<String>,
     toml: String,
     keys: Keys,
+    tls: Option<TlsClient>,
 }
 
 impl Default for ServerBuilder {
@@ -164,6 +165,7 @@ impl Default for ServerBuilder {
             args: Vec::new(),
             toml: String::new(),
             keys: Keys::Hs256(random_secret()),
+            tls: None,
         }
     }
 }
@@ -206,6 +208,13 @@ impl ServerBuilder {
     /// Verify RS256 tokens with the fixture public key (no HS256 secret).
     pub fn rs256(mut self) -> Self {
         self.keys = Keys::Rs256;
+        self
+    }
+
+    /// The server speaks TLS (its `[tls]` is in the TOML): the harness's
+    /// HTTP and Flight clients use `client`.
+    pub fn tls_client(mut self, client: TlsClient) -> Self {
+        self.tls = Some(client);
         self
     }
 
@@ -261,6 +270,13 @@ impl TestServer {
             },
         };
         let signer = Signer::new(&jwt).expect("test signer");
+        let http = match &builder.tls {
+            Some(tls) => tls.reqwest(),
+            None => reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("reqwest client"),
+        };
         let mut server = TestServer {
             builder,
             dir,
@@ -271,10 +287,7 @@ impl TestServer {
                 flight_cells: Vec::new(),
                 cells: 0,
             },
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("reqwest client"),
+            http,
             signer,
             starts: 0,
         };
@@ -549,7 +562,12 @@ impl TestServer {
     // ---- HTTP ----
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.http)
+        let scheme = if self.builder.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}{path}", self.ports.http)
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -711,17 +729,44 @@ impl TestServer {
 
     /// A Flight client to `port` with the bearer token (None: no header).
     pub async fn flight_at(&self, port: u16, token: Option<&str>) -> FlightClient {
-        flight_client(port, token).await
+        let Some(tls) = &self.builder.tls else {
+            return flight_client(port, token).await;
+        };
+        let channel = tls
+            .channel(port)
+            .await
+            .unwrap_or_else(|e| panic!("connect to Flight over TLS at {port}: {e:?}"));
+        let mut client = FlightClient::new(channel);
+        if let Some(t) = token {
+            client
+                .add_header("authorization", &format!("Bearer {t}"))
+                .expect("authorization metadata");
+        }
+        client
     }
 
     /// A Flight client on the shared Flight port.
     pub async fn flight(&self, token: &str) -> FlightClient {
-        flight_client(self.ports.flight, Some(token)).await
+        self.flight_at(self.ports.flight, Some(token)).await
     }
 
     /// A Flight SQL client on the shared Flight port.
     pub async fn flight_sql(&self, token: &str) -> FlightSqlServiceClient<Channel> {
-        flight_sql_client(self.ports.flight, token).await
+        self.flight_sql_at(self.ports.flight, token).await
+    }
+
+    /// A Flight SQL client on `port`.
+    pub async fn flight_sql_at(&self, port: u16, token: &str) -> FlightSqlServiceClient<Channel> {
+        let Some(tls) = &self.builder.tls else {
+            return flight_sql_client(port, token).await;
+        };
+        let channel = tls
+            .channel(port)
+            .await
+            .unwrap_or_else(|e| panic!("connect to Flight SQL over TLS: {e:?}"));
+        let mut client = FlightSqlServiceClient::new(channel);
+        client.set_header("authorization", format!("Bearer {token}"));
+        client
     }
 
     /// The per-cell Flight port of `cell`.
@@ -731,7 +776,12 @@ impl TestServer {
 
     /// The Flight location the server advertises for `cell`.
     pub fn cell_location(&self, cell: usize) -> String {
-        format!("grpc+tcp://127.0.0.1:{}", self.cell_port(cell))
+        let scheme = if self.builder.tls.is_some() {
+            "grpc+tls"
+        } else {
+            "grpc+tcp"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.cell_port(cell))
     }
 
     /// Runs `sql` with Flight SQL (execute, then DoGet of every endpoint at
@@ -743,7 +793,7 @@ impl TestServer {
         for ep in info.endpoint {
             let ticket = ep.ticket.expect("an endpoint with a ticket");
             let mut at = match ep.location.first() {
-                Some(loc) => flight_sql_client(location_port(&loc.uri), token).await,
+                Some(loc) => self.flight_sql_at(location_port(&loc.uri), token).await,
                 None => client.clone(),
             };
             let batches: Vec<RecordBatch> = at.do_get(ticket).await?.try_collect().await?;
@@ -774,7 +824,7 @@ impl TestServer {
         assert_eq!(ep.location.len(), 1, "one location: {info:?}");
         let location = ep.location[0].uri.clone();
         let ticket = ep.ticket.clone().expect("a ticket");
-        let mut at = flight_client(location_port(&location), Some(token)).await;
+        let mut at = self.flight_at(location_port(&location), Some(token)).await;
         let batches = do_get_all(&mut at, ticket)
             .await
             .unwrap_or_else(|e| panic!("DoGet at {location}: {e}"));
@@ -887,6 +937,21 @@ pub async fn flight_client(port: u16, token: Option<&str>) -> FlightClient {
             .add_header("authorization", &format!("Bearer {t}"))
             .expect("authorization metadata");
     }
+    client
+}
+
+/// A plaintext Flight client that connects on first use (so that a server
+/// speaking TLS fails the call, not the set-up).
+pub fn flight_client_lazy(port: u16, token: &str) -> FlightClient {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("a valid URI")
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    let mut client = FlightClient::new(channel);
+    client
+        .add_header("authorization", &format!("Bearer {token}"))
+        .expect("authorization metadata");
     client
 }
 
