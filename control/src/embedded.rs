@@ -20,8 +20,8 @@ use serde::de::DeserializeOwned;
 use crate::audit::{GENESIS, chain};
 use crate::error::{Error, Result};
 use crate::model::{
-    ApiKey, AuditDraft, AuditEntry, AuditQuery, Membership, Org, RefreshState, RefreshToken,
-    Rotation, SigningKey, User,
+    ApiKey, AuditDraft, AuditEntry, AuditQuery, Membership, OAuthLogin, Org, RefreshState,
+    RefreshToken, Rotation, SigningKey, User,
 };
 
 type Json = &'static [u8];
@@ -38,6 +38,7 @@ const REFRESH_BY_FAMILY: TableDefinition<&[u8], ()> = TableDefinition::new("refr
 const SIGNING_KEYS: TableDefinition<&str, Json> = TableDefinition::new("signing_keys");
 const AUDIT: TableDefinition<&[u8], Json> = TableDefinition::new("audit");
 const AUDIT_HEADS: TableDefinition<&str, Json> = TableDefinition::new("audit_heads");
+const OAUTH_LOGINS: TableDefinition<&str, Json> = TableDefinition::new("oauth_logins");
 
 /// The embedded store. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -130,6 +131,7 @@ impl EmbeddedStore {
             txn.open_table(SIGNING_KEYS).map_err(err)?;
             txn.open_table(AUDIT).map_err(err)?;
             txn.open_table(AUDIT_HEADS).map_err(err)?;
+            txn.open_table(OAUTH_LOGINS).map_err(err)?;
         }
         txn.commit().map_err(|e| Error::embedded(&path, e))?;
         Ok(EmbeddedStore {
@@ -392,6 +394,57 @@ impl EmbeddedStore {
                 .map(|v| dec("user", v.value()))
                 .transpose()
                 .map_err(Failure::Other)
+        })
+        .await
+    }
+
+    pub(crate) async fn insert_oauth_login(&self, login: &OAuthLogin) -> Result<()> {
+        let login = login.clone();
+        self.run(move |db, _| {
+            let txn = db.begin_write()?;
+            {
+                let mut t = txn.open_table(OAUTH_LOGINS)?;
+                // Logins abandoned at the provider: few, and short-lived.
+                let now = honeycell_types::now_us();
+                let mut expired = Vec::new();
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    let l: OAuthLogin = dec("oauth login", v.value()).map_err(Failure::Other)?;
+                    if l.expires_at_us < now {
+                        expired.push(k.value().to_owned());
+                    }
+                }
+                for k in expired {
+                    t.remove(k.as_str())?;
+                }
+                if t.get(login.state_sha256.as_str())?.is_some() {
+                    return Err(Failure::Conflict("oauth login state".into()));
+                }
+                t.insert(login.state_sha256.as_str(), enc(&login).as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn take_oauth_login(
+        &self,
+        state_sha256: &str,
+        now_us: i64,
+    ) -> Result<Option<OAuthLogin>> {
+        let k = state_sha256.to_owned();
+        self.run(move |db, _| {
+            let txn = db.begin_write()?;
+            let taken = {
+                let mut t = txn.open_table(OAUTH_LOGINS)?;
+                t.remove(k.as_str())?
+                    .map(|v| dec::<OAuthLogin>("oauth login", v.value()))
+                    .transpose()
+                    .map_err(Failure::Other)?
+            };
+            txn.commit()?;
+            Ok(taken.filter(|l| l.expires_at_us >= now_us))
         })
         .await
     }

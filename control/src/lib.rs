@@ -36,10 +36,10 @@ pub use config::{ControlConfig, StoreKind, StoreOpener, TierConfig, Tiers};
 pub use embedded::EmbeddedStore;
 pub use error::{Error, Result};
 pub use model::{
-    ApiKey, AuditDraft, AuditEntry, AuditQuery, Membership, Org, RefreshState, RefreshToken,
-    Rotation, SigningKey, User,
+    ApiKey, AuditDraft, AuditEntry, AuditQuery, Membership, OAuthLogin, Org, RefreshState,
+    RefreshToken, Rotation, SigningKey, User,
 };
-pub use postgres::{PgConfig, PgStore};
+pub use postgres::{PgConfig, PgStore, SCHEMA_VERSION};
 pub use tokens::{REFRESH_PREFIX, TokenPair, TokenService, ensure_signing_key, rotate_signing_key};
 
 use honeycell_auth::Role;
@@ -135,6 +135,23 @@ impl Store {
 
     pub async fn user_by_identity(&self, provider: &str, subject: &str) -> Result<Option<User>> {
         dispatch!(self.user_by_identity(provider, subject))
+    }
+
+    // Logins in progress (OAuth2/OIDC).
+
+    /// Stores a login started at a provider (and drops expired ones).
+    pub async fn insert_oauth_login(&self, login: &OAuthLogin) -> Result<()> {
+        dispatch!(self.insert_oauth_login(login))
+    }
+
+    /// Takes the login whose state hashes to `state_sha256`: it is deleted,
+    /// so a state works once. `None` if unknown, taken or expired at `now_us`.
+    pub async fn take_oauth_login(
+        &self,
+        state_sha256: &str,
+        now_us: i64,
+    ) -> Result<Option<OAuthLogin>> {
+        dispatch!(self.take_oauth_login(state_sha256, now_us))
     }
 
     // API keys.

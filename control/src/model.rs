@@ -199,3 +199,20 @@ impl AuditQuery {
             && self.before_seq.is_none_or(|s| e.seq < s)
     }
 }
+
+/// A login in progress through an OAuth2/OIDC provider: made when the user
+/// is sent to the provider, taken (once) when the provider sends them back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthLogin {
+    /// SHA-256 (hex) of the `state` parameter; the state itself is not kept.
+    pub state_sha256: String,
+    /// The provider's name in the configuration.
+    pub provider: String,
+    /// The PKCE code verifier sent with the code exchange.
+    pub pkce_verifier: String,
+    /// The nonce the ID token must carry (empty for plain OAuth2).
+    pub nonce: String,
+    /// The org the user asked to sign in to, if any.
+    pub org: Option<OrgId>,
+    pub expires_at_us: i64,
+}

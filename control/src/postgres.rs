@@ -30,16 +30,25 @@ use tokio_postgres::{NoTls, Row};
 use crate::audit::{GENESIS, chain};
 use crate::error::{Error, Result};
 use crate::model::{
-    ApiKey, AuditDraft, AuditEntry, AuditQuery, Membership, Org, RefreshState, RefreshToken,
-    Rotation, SigningKey, User,
+    ApiKey, AuditDraft, AuditEntry, AuditQuery, Membership, OAuthLogin, Org, RefreshState,
+    RefreshToken, Rotation, SigningKey, User,
 };
 
 /// The migrations, in order; version = position + 1. Applied ones are never
 /// edited: a schema change is a new file.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "control_plane",
-    include_str!("../migrations/0001_control_plane.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "control_plane",
+        include_str!("../migrations/0001_control_plane.sql"),
+    ),
+    (
+        "oauth_logins",
+        include_str!("../migrations/0002_oauth_logins.sql"),
+    ),
+];
+
+/// The schema version this binary migrates PostgreSQL to.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Serialises concurrent migrators (several cells or servers starting at
 /// once) through a transaction-scoped advisory lock.
@@ -451,7 +460,7 @@ impl PgStore {
             )
             .await?
             .try_get(0)?;
-        let known = MIGRATIONS.len() as i32;
+        let known = SCHEMA_VERSION;
         if current > known {
             return Err(Error::SchemaTooNew {
                 found: current,
@@ -682,6 +691,62 @@ impl PgStore {
             )
             .await?;
         row.as_ref().map(user_of).transpose()
+    }
+
+    pub(crate) async fn insert_oauth_login(&self, l: &OAuthLogin) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM oauth_logins WHERE expires_at_us < $1",
+                &[&honeycell_types::now_us()],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO oauth_logins (state_sha256, provider, pkce_verifier, nonce, org_id, expires_at_us)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &l.state_sha256,
+                    &l.provider,
+                    &l.pkce_verifier,
+                    &l.nonce,
+                    &l.org.as_ref().map(OrgId::as_str),
+                    &l.expires_at_us,
+                ],
+            )
+            .await
+            .map_err(conflict("oauth login state".into()))?;
+        Ok(())
+    }
+
+    pub(crate) async fn take_oauth_login(
+        &self,
+        state_sha256: &str,
+        now_us: i64,
+    ) -> Result<Option<OAuthLogin>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "DELETE FROM oauth_logins WHERE state_sha256 = $1
+                 RETURNING state_sha256, provider, pkce_verifier, nonce, org_id, expires_at_us",
+                &[&state_sha256],
+            )
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let org: Option<String> = r.try_get(4)?;
+        let login = OAuthLogin {
+            state_sha256: r.try_get(0)?,
+            provider: r.try_get(1)?,
+            pkce_verifier: r.try_get(2)?,
+            nonce: r.try_get(3)?,
+            org: org
+                .map(OrgId::new)
+                .transpose()
+                .map_err(|e| Error::corrupt("oauth login", e))?,
+            expires_at_us: r.try_get(5)?,
+        };
+        Ok((login.expires_at_us >= now_us).then_some(login))
     }
 
     pub(crate) async fn insert_api_key(&self, k: &ApiKey) -> Result<()> {

@@ -56,7 +56,10 @@ async fn serve_on_postgres_migrates_and_reports_the_store_in_ready() {
     let store = PgStore::connect_without_migrating(&PgConfig::new(url))
         .await
         .expect("connect");
-    assert_eq!(store.schema_version().await.expect("version"), 1);
+    assert_eq!(
+        store.schema_version().await.expect("version"),
+        honeycell_control::SCHEMA_VERSION
+    );
     // Two cells, each its own pool: connections from both cells (at least
     // one each) and ours are open to the database.
     let n: i64 = pg
@@ -133,7 +136,10 @@ async fn migrate_and_audit_verify_on_postgres() {
     let out = run(&["migrate"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("schema version 1 (TLS: disable)"),
+        text(&out).contains(&format!(
+            "schema version {} (TLS: disable)",
+            honeycell_control::SCHEMA_VERSION
+        )),
         "{}",
         text(&out)
     );

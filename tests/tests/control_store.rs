@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use honeycell_auth::Role;
 use honeycell_control::{
-    ApiKey, AuditDraft, AuditQuery, EmbeddedStore, Error, Org, PgConfig, PgStore, RefreshState,
-    RefreshToken, Rotation, SigningKey, Store, User,
+    ApiKey, AuditDraft, AuditQuery, EmbeddedStore, Error, OAuthLogin, Org, PgConfig, PgStore,
+    RefreshState, RefreshToken, Rotation, SCHEMA_VERSION, SigningKey, Store, User,
 };
 use honeycell_tests::{TestCa, TestPostgres};
 use honeycell_types::OrgId;
@@ -62,7 +62,45 @@ contract!(
     signing_keys,
     audit_chain_and_queries,
     audit_appends_from_concurrent_tasks_never_fork,
+    oauth_logins_are_taken_once_and_expire,
 );
+
+async fn oauth_logins_are_taken_once_and_expire(s: &Store) {
+    let now = honeycell_types::now_us();
+    let login = |state: &str, org_id: Option<&str>, expires_at_us: i64| OAuthLogin {
+        state_sha256: state.into(),
+        provider: "keycloak".into(),
+        pkce_verifier: format!("verifier-{state}"),
+        nonce: format!("nonce-{state}"),
+        org: org_id.map(org),
+        expires_at_us,
+    };
+    let a = login("aaaa", Some("acme"), now + 600_000_000);
+    let b = login("bbbb", None, now + 600_000_000);
+    s.insert_oauth_login(&a).await.unwrap();
+    s.insert_oauth_login(&b).await.unwrap();
+    let dup = s.insert_oauth_login(&a).await.unwrap_err();
+    assert!(matches!(dup, Error::Conflict { .. }), "{dup:?}");
+    // Taken once: the second take finds nothing (a replayed callback).
+    assert_eq!(s.take_oauth_login("aaaa", now).await.unwrap(), Some(a));
+    assert_eq!(s.take_oauth_login("aaaa", now).await.unwrap(), None);
+    assert_eq!(s.take_oauth_login("unknown", now).await.unwrap(), None);
+    // Past its expiry a login is gone, even if never taken.
+    assert_eq!(
+        s.take_oauth_login("bbbb", now + 601_000_000).await.unwrap(),
+        None
+    );
+    assert_eq!(s.take_oauth_login("bbbb", now).await.unwrap(), None);
+    // Expired logins are dropped when new ones arrive.
+    s.insert_oauth_login(&login("cccc", None, now - 1))
+        .await
+        .unwrap();
+    s.insert_oauth_login(&login("dddd", None, now + 600_000_000))
+        .await
+        .unwrap();
+    assert_eq!(s.take_oauth_login("cccc", now - 2).await.unwrap(), None);
+    assert!(s.take_oauth_login("dddd", now).await.unwrap().is_some());
+}
 
 async fn orgs_and_tiers(s: &Store) {
     s.ping().await.unwrap();
@@ -487,10 +525,10 @@ async fn postgres_migrations_are_versioned_and_race_free() {
     for s in starts {
         s.await.unwrap().unwrap();
     }
-    assert_eq!(bare.schema_version().await.unwrap(), 1);
+    assert_eq!(bare.schema_version().await.unwrap(), SCHEMA_VERSION);
     assert_eq!(
         bare.migrate().await.unwrap(),
-        1,
+        SCHEMA_VERSION,
         "migrating again is a no-op"
     );
 
@@ -505,7 +543,7 @@ async fn postgres_migrations_are_versioned_and_race_free() {
             err,
             Error::SchemaTooNew {
                 found: 99,
-                known: 1
+                known: SCHEMA_VERSION
             }
         ),
         "{err}"
