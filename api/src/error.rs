@@ -83,6 +83,11 @@ impl From<honeycell_control::Error> for ApiError {
     fn from(e: honeycell_control::Error) -> Self {
         match e {
             honeycell_control::Error::Auth(a) => a.into(),
+            honeycell_control::Error::Login {
+                class,
+                code,
+                message,
+            } => Self::new(class, code, message),
             e => {
                 let class = e.class();
                 if class == ErrorClass::Internal || class == ErrorClass::Unavailable {

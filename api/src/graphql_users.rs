@@ -8,7 +8,7 @@
 use async_graphql::{Context, Object, SimpleObject};
 use honeycell_auth::{Action, Op, Resource, Role, TenantContext};
 use honeycell_control::{Membership, User};
-use honeycell_types::{ErrorClass, now_us};
+use honeycell_types::ErrorClass;
 
 use crate::ApiState;
 use crate::error::ApiError;
@@ -150,12 +150,7 @@ impl UserMutation {
         {
             Some(u) => u,
             None => {
-                let b: [u8; 16] = rand::random();
-                let u = User {
-                    id: format!("u-{}", hex::encode(b)),
-                    email: email.clone(),
-                    created_at_us: now_us(),
-                };
+                let u = User::new(&email);
                 state
                     .control
                     .create_user(&u)

@@ -62,6 +62,8 @@ fn route_label(method: &Method, path: Option<&str>) -> &'static str {
         ("POST", "/auth/refresh") => "POST /auth/refresh",
         ("POST", "/auth/logout") => "POST /auth/logout",
         ("GET", "/.well-known/jwks.json") => "GET /.well-known/jwks.json",
+        ("GET", "/auth/oauth/{provider}/start") => "GET /auth/oauth/{provider}/start",
+        ("GET", "/auth/oauth/{provider}/callback") => "GET /auth/oauth/{provider}/callback",
         _ => "other",
     }
 }

@@ -20,6 +20,7 @@ mod graphql_users;
 pub mod http;
 pub mod ingest;
 pub mod json;
+pub mod oauth_routes;
 
 use std::sync::Arc;
 
@@ -78,6 +79,8 @@ pub struct ApiState {
     pub schema: graphql::HoneycellSchema,
     /// This cell's handle on the control-plane store.
     pub control: honeycell_control::Store,
+    /// Sign-in through OAuth2/OIDC providers, when configured.
+    pub oauth: Option<honeycell_control::OAuth>,
 }
 
 impl ApiState {
@@ -94,7 +97,14 @@ impl ApiState {
             audit,
             config,
             schema: graphql::schema(),
+            oauth: None,
         }
+    }
+
+    /// With sign-in through OAuth2/OIDC providers.
+    pub fn with_oauth(mut self, oauth: Option<honeycell_control::OAuth>) -> Self {
+        self.oauth = oauth;
+        self
     }
 }
 
@@ -165,6 +175,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/auth/refresh", axum::routing::post(auth_routes::refresh))
         .route("/auth/logout", axum::routing::post(auth_routes::logout))
         .route("/.well-known/jwks.json", get(auth_routes::jwks))
+        .route("/auth/oauth/{provider}/start", get(oauth_routes::start))
+        .route(
+            "/auth/oauth/{provider}/callback",
+            get(oauth_routes::callback),
+        )
         .route("/metrics", get(http::metrics_text))
         .fallback(http::not_found)
         // The body limit is enforced by the handlers with a JSON error; the

@@ -54,6 +54,15 @@ pub enum Error {
         subject: String,
     },
 
+    /// A sign-in through an OAuth2/OIDC provider was refused; `code` is the
+    /// machine-readable reason (`state_mismatch`, `invalid_id_token`, …).
+    #[error("{message}")]
+    Login {
+        class: ErrorClass,
+        code: &'static str,
+        message: String,
+    },
+
     /// A presented credential was refused.
     #[error(transparent)]
     Auth(#[from] honeycell_auth::Error),
@@ -89,6 +98,7 @@ impl Error {
             Error::Conflict { .. } => ErrorClass::Conflict,
             Error::Auth(e) => e.class(),
             Error::RefreshReuse { .. } => ErrorClass::Unauthenticated,
+            Error::Login { class, .. } => *class,
             Error::Config(_) => ErrorClass::Internal,
             _ => ErrorClass::Unavailable,
         }

@@ -24,6 +24,7 @@ mod config;
 mod embedded;
 mod error;
 mod model;
+mod oauth;
 mod postgres;
 mod tokens;
 
@@ -39,6 +40,7 @@ pub use model::{
     ApiKey, AuditDraft, AuditEntry, AuditQuery, Membership, OAuthLogin, Org, RefreshState,
     RefreshToken, Rotation, SigningKey, User,
 };
+pub use oauth::{OAuth, OAuthConfig, ProviderConfig, ProviderKind, SignedIn, Started};
 pub use postgres::{PgConfig, PgStore, SCHEMA_VERSION};
 pub use tokens::{REFRESH_PREFIX, TokenPair, TokenService, ensure_signing_key, rotate_signing_key};
 

@@ -25,6 +25,18 @@ pub struct User {
     pub created_at_us: i64,
 }
 
+impl User {
+    /// A new user with a fresh random id (`u-<32 hex>`).
+    pub fn new(email: &str) -> User {
+        let id: [u8; 16] = rand::random();
+        User {
+            id: format!("u-{}", hex::encode(id)),
+            email: email.to_lowercase(),
+            created_at_us: honeycell_types::now_us(),
+        }
+    }
+}
+
 /// A user's role in one org.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {

@@ -16,7 +16,8 @@
 //! retires the presented token; presenting a retired one again revokes its
 //! whole family (the login it descends from) and is audited. A family
 //! started from an API key dies with the key: refreshing checks the key
-//! is still live.
+//! is still live. A family started by a person's sign-in (subject
+//! `user:<id>`) dies with their membership and takes its current role.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -278,10 +279,32 @@ impl TokenService {
                 }
             }
         }
+        // A family started by a person's sign-in lives only as long as
+        // their membership, and follows its current role.
+        let mut role = current.role;
+        if let Some(user_id) = current.subject.strip_prefix("user:") {
+            let membership = self
+                .inner
+                .store
+                .memberships_of_user(user_id)
+                .await?
+                .into_iter()
+                .find(|m| m.org == current.org);
+            match membership {
+                Some(m) => role = m.role,
+                None => {
+                    self.inner
+                        .store
+                        .revoke_refresh_family(&current.family)
+                        .await?;
+                    return Err(honeycell_auth::Error::BadRefreshToken.into());
+                }
+            }
+        }
         let ctx = TenantContext {
             org: current.org.clone(),
             subject: current.subject.clone(),
-            role: current.role,
+            role,
             credential: Credential::Jwt {
                 key_id: None,
                 expires_at: 0,

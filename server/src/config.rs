@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use honeycell_api::HttpConfig;
 use honeycell_auth::JwtConfig;
 use honeycell_cell::{AdmissionConfig, RateLimitConfig};
-use honeycell_control::ControlConfig;
+use honeycell_control::{ControlConfig, OAuthConfig};
 use honeycell_storage::StorageConfig;
 use honeycell_tls::TlsConfig;
 use serde::Deserialize;
@@ -57,6 +57,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub control: ControlConfig,
     pub tls: TlsConfig,
+    pub oauth: OAuthConfig,
 }
 
 /// How the server runs its threads.
@@ -117,6 +118,7 @@ impl Default for Config {
             router: RouterConfig::default(),
             control: ControlConfig::default(),
             tls: TlsConfig::default(),
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -312,6 +314,7 @@ impl Config {
         self.http_limits.validate().map_err(anyhow::Error::msg)?;
         self.control.validate()?;
         self.tls.validate()?;
+        self.oauth.validate()?;
         for (org, cell) in &self.router.overrides {
             honeycell_types::OrgId::new(org.clone())
                 .map_err(|e| anyhow::anyhow!("router.overrides: {e}"))?;

@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use honeycell_api::ApiState;
 use honeycell_auth::Verifier;
 use honeycell_cell::{CellContext, CellSpec};
-use honeycell_control::{AuditSink, Authenticator, TokenService};
+use honeycell_control::{AuditSink, Authenticator, OAuth, TokenService};
 use honeycell_flight::{FlightState, HoneycellFlight};
 use honeycell_router::Router;
 use honeycell_types::OrgId;
@@ -79,6 +79,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let (access_ttl, refresh_ttl) = config.control.token_ttls()?;
     let key_reload = config.control.signing_key_reload()?;
     let tiers = Arc::new(config.control.tiers());
+    let oauth_config = Arc::new(config.oauth.clone());
 
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
@@ -135,6 +136,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let locations = locations.clone();
         let query_pool = query_handle.clone();
         let tls = cell_tls.clone();
+        let oauth_config = oauth_config.clone();
         Box::pin(async move {
             let cell = ctx.handle.id();
             // Each cell its own store handle: with PostgreSQL, its own pool,
@@ -162,6 +164,22 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                     return;
                 }
             };
+            let oauth = if oauth_config.providers.is_empty() {
+                None
+            } else {
+                match OAuth::new(
+                    &oauth_config,
+                    control.clone(),
+                    tokens.clone(),
+                    audit.clone(),
+                ) {
+                    Ok(o) => Some(o),
+                    Err(e) => {
+                        tracing::error!(%cell, error = %e, "cannot set up OAuth sign-in");
+                        return;
+                    }
+                }
+            };
             let auth = Authenticator::new(
                 verifier,
                 Some(tokens),
@@ -171,7 +189,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 brute_force,
                 tiers.clone(),
             );
-            let api = ApiState::new(ctx.handle.clone(), auth.clone(), http_config, audit);
+            let api = ApiState::new(ctx.handle.clone(), auth.clone(), http_config, audit)
+                .with_oauth(oauth);
             let flight_state = FlightState {
                 cells: ctx.handle.clone(),
                 auth: auth.clone(),

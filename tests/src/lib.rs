@@ -40,6 +40,7 @@ use prost::Message as _;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+pub mod oidc;
 pub mod pg;
 pub mod tls;
 
@@ -155,6 +156,7 @@ pub struct ServerBuilder {
     toml: String,
     keys: Keys,
     tls: Option<TlsClient>,
+    http_addr: String,
 }
 
 impl Default for ServerBuilder {
@@ -166,6 +168,7 @@ impl Default for ServerBuilder {
             toml: String::new(),
             keys: Keys::Hs256(random_secret()),
             tls: None,
+            http_addr: "127.0.0.1:0".into(),
         }
     }
 }
@@ -208,6 +211,13 @@ impl ServerBuilder {
     /// Verify RS256 tokens with the fixture public key (no HS256 secret).
     pub fn rs256(mut self) -> Self {
         self.keys = Keys::Rs256;
+        self
+    }
+
+    /// Serve HTTP on this port (default: any free one), for settings that
+    /// must name the server's URL before it starts (OAuth redirect URIs).
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_addr = format!("127.0.0.1:{port}");
         self
     }
 
@@ -345,7 +355,7 @@ impl TestServer {
             .arg(self.config_file())
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+            .args(["--http", &self.builder.http_addr, "--flight", "127.0.0.1:0"])
             .arg("--ports-file")
             .arg(self.ports_file())
             .arg("--cells")
