@@ -7,7 +7,7 @@ use arrow::ipc::writer::StreamWriter;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, MatchedPath, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -66,6 +66,24 @@ fn route_label(method: &Method, path: Option<&str>) -> &'static str {
         ("GET", "/auth/oauth/{provider}/callback") => "GET /auth/oauth/{provider}/callback",
         _ => "other",
     }
+}
+
+/// Runs the request inside its trace id's scope (from `traceparent`, or
+/// new), so audit entries carry it, and answers it as `x-trace-id`.
+pub async fn trace_scope(request: Request, next: Next) -> Response {
+    let id = honeycell_control::trace::trace_id_for(
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut response = honeycell_control::trace::TRACE_ID
+        .scope(id.clone(), next.run(request))
+        .await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-trace-id", v);
+    }
+    response
 }
 
 /// Records count, status and latency of every request in the landing cell.

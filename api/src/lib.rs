@@ -185,6 +185,7 @@ pub fn router(state: ApiState) -> Router {
         // The body limit is enforced by the handlers with a JSON error; the
         // default axum limit would answer plain text first.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(http::trace_scope))
         .layer(axum::middleware::from_fn(http::record_metrics))
         .with_state(state)
 }

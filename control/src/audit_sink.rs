@@ -42,8 +42,12 @@ impl AuditSink {
         )
     }
 
-    /// Queues an entry; never waits.
-    pub fn record(&self, draft: AuditDraft) {
+    /// Queues an entry; never waits. An entry without a trace id gets the
+    /// current request's ([`crate::trace`]).
+    pub fn record(&self, mut draft: AuditDraft) {
+        if draft.trace_id.is_none() {
+            draft.trace_id = crate::trace::current();
+        }
         if self.tx.try_send(draft).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {

@@ -27,6 +27,7 @@ mod model;
 mod oauth;
 mod postgres;
 mod tokens;
+pub mod trace;
 
 pub use audit::{ChainBreak, ChainVerifier, GENESIS, chain, entry_hash, verify_chain};
 pub use audit_sink::AuditSink;

@@ -42,6 +42,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(tower::layer::layer_fn(Traced))
             .add_service(svc);
         match &tls {
             None => servers.push(
@@ -76,4 +77,36 @@ pub async fn serve(
         result.map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+/// Runs each gRPC call inside its trace id's scope (from `traceparent`
+/// metadata, or new), so audit entries recorded by the call carry it.
+#[derive(Clone, Debug)]
+struct Traced<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for Traced<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let id = honeycell_control::trace::trace_id_for(
+            request
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        Box::pin(honeycell_control::trace::TRACE_ID.scope(id, self.0.call(request)))
+    }
 }

@@ -218,12 +218,15 @@ impl HoneycellFlight {
         // pieces of at most max_append_rows) and acknowledged with one
         // PutResult once durable. A bad batch ends the stream with
         // INVALID_ARGUMENT; batches acknowledged before it stay stored.
+        // The batches are handled as the response streams, outside the
+        // call's trace scope: carry its trace id along for audit entries.
+        let trace = honeycell_control::trace::current().unwrap_or_default();
         let out = input
             .map_err(Error::from)
             .and_then(move |batch: RecordBatch| {
                 let state = state.clone();
                 let ctx = ctx.clone();
-                async move {
+                honeycell_control::trace::TRACE_ID.scope(trace.clone(), async move {
                     let normalized =
                         honeycell_storage::normalize_batch(&ctx.org, &batch, now_us())?;
                     let mut accepted = 0u64;
@@ -244,7 +247,7 @@ impl HoneycellFlight {
                     Ok(PutResult {
                         app_metadata: meta.to_string().into(),
                     })
-                }
+                })
             })
             .map_err(Status::from);
         Ok(Box::pin(out))

@@ -288,3 +288,103 @@ async fn refusals_over_flight_are_audited_like_http_ones() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The audit entries of `org` with `action`, once there are `n` of them.
+async fn audited(server: &TestServer, org: &str, action: &str, n: usize) -> Vec<Value> {
+    let admin = server.token(org, Role::Admin);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = server
+            .graphql(
+                &admin,
+                "query($a: String) { auditLog(action: $a) { entries { actor action resource traceId } } }",
+                json!({ "a": action }),
+            )
+            .await;
+        let entries = body["data"]["auditLog"]["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if entries.len() >= n {
+            return entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} {action} entries: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_entries_carry_the_request_trace_id() {
+    let server = TestServer::builder().cells(2).start().await;
+    let viewer = server.token_for("traced", "vic", Role::Viewer);
+    let http_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let flight_trace = "0af7651916cd43dd8448eb211c80319c";
+
+    // HTTP with a W3C traceparent: the answer names the same trace.
+    let resp = server
+        .http()
+        .post(server.url("/v1/events"))
+        .bearer_auth(&viewer)
+        .header(
+            "traceparent",
+            format!("00-{http_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&json!([{"event_type": "INSERT", "entity_type": "o", "entity_id": "1", "data": {}}]))
+        .send()
+        .await
+        .expect("POST /v1/events");
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-trace-id"], http_trace);
+    // Without one (or with a malformed one): a fresh trace id, answered too.
+    let resp = server
+        .http()
+        .get(server.url("/v1/events"))
+        .header("traceparent", "00-not-a-trace-01")
+        .send()
+        .await
+        .expect("GET /v1/events");
+    let fresh = resp.headers()["x-trace-id"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    assert_ne!(fresh, http_trace);
+
+    // Flight, with traceparent in the call's metadata.
+    let mut c = server.flight_at(server.ports().flight, Some(&viewer)).await;
+    c.add_header(
+        "traceparent",
+        &format!("00-{flight_trace}-b7ad6b7169203331-01"),
+    )
+    .expect("metadata");
+    do_put_all(&mut c, vec![one_row()])
+        .await
+        .expect_err("viewer DoPut");
+    // GraphQL: a mutation without traceparent still gets a trace id.
+    let admin = server.token("traced", Role::Admin);
+    let (status, body) = server
+        .graphql(
+            &admin,
+            "mutation { createApiKey(name: \"traced\", role: VIEWER) { key } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let denied = audited(&server, "traced", "permission.denied", 2).await;
+    let traces: Vec<&str> = denied
+        .iter()
+        .filter_map(|e| e["traceId"].as_str())
+        .collect();
+    assert!(traces.contains(&http_trace), "{denied:?}");
+    assert!(traces.contains(&flight_trace), "{denied:?}");
+    let created = audited(&server, "traced", "apikey.create", 1).await;
+    let id = created[0]["traceId"].as_str().unwrap_or_default();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{created:?}"
+    );
+}
