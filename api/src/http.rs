@@ -343,12 +343,26 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
     }
     let backend = state.control.backend();
     match tokio::time::timeout(std::time::Duration::from_secs(2), state.control.ping()).await {
-        Ok(Ok(())) => axum::Json(json!({
-            "status": "ready",
-            "cells": state.cells.cells(),
-            "control_store": backend,
-        }))
-        .into_response(),
+        Ok(Ok(())) => {
+            let mut body = json!({
+                "status": "ready",
+                "cells": state.cells.cells(),
+                "control_store": backend,
+            });
+            // Redis down is reported as a degraded state, not as unready:
+            // everything else keeps serving (the job queue is meant to spill
+            // to its embedded store meanwhile).
+            if let Some(redis) = &state.redis {
+                body["redis"] = match redis.ping().await {
+                    Ok(()) => json!({ "status": "ok", "tls": redis.tls() }),
+                    Err(e) => {
+                        body["degraded"] = json!(true);
+                        json!({ "status": "unavailable", "tls": redis.tls(), "error": e.to_string() })
+                    }
+                };
+            }
+            axum::Json(body).into_response()
+        }
         Ok(Err(e)) => not_ready(format!("control plane store ({backend}): {e}")),
         Err(_) => not_ready(format!(
             "control plane store ({backend}) did not answer within 2 s"

@@ -81,6 +81,8 @@ pub struct ApiState {
     pub control: honeycell_control::Store,
     /// Sign-in through OAuth2/OIDC providers, when configured.
     pub oauth: Option<honeycell_control::OAuth>,
+    /// This cell's Redis connection, when `redis_url` is set.
+    pub redis: Option<honeycell_queue::Redis>,
 }
 
 impl ApiState {
@@ -98,7 +100,14 @@ impl ApiState {
             config,
             schema: graphql::schema(),
             oauth: None,
+            redis: None,
         }
+    }
+
+    /// With this cell's Redis connection.
+    pub fn with_redis(mut self, redis: Option<honeycell_queue::Redis>) -> Self {
+        self.redis = redis;
+        self
     }
 
     /// With sign-in through OAuth2/OIDC providers.

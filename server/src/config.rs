@@ -47,6 +47,11 @@ pub struct Config {
     pub query_workers: usize,
     /// Write the bound addresses as JSON here once serving (for tests and tools).
     pub ports_file: Option<PathBuf>,
+    /// Redis for the job queue: `redis://host:6379` or `rediss://host:6380`
+    /// (TLS). Each cell opens its own connection.
+    pub redis_url: Option<String>,
+    /// PEM CA certificates to trust for `rediss://` (default: the system's).
+    pub redis_ca_path: Option<PathBuf>,
     pub log: LogConfig,
     pub jwt: JwtConfig,
     pub storage: StorageConfig,
@@ -109,6 +114,8 @@ impl Default for Config {
             pin_cores: true,
             query_workers: 1,
             ports_file: None,
+            redis_url: None,
+            redis_ca_path: None,
             log: LogConfig::default(),
             jwt: JwtConfig::default(),
             storage: StorageConfig::default(),
@@ -287,6 +294,16 @@ impl Config {
     }
 
     /// Checks every section; the error names the key to fix.
+    /// The Redis settings, when `redis_url` is set.
+    pub fn redis(&self) -> Option<honeycell_queue::RedisConfig> {
+        self.redis_url
+            .as_ref()
+            .map(|url| honeycell_queue::RedisConfig {
+                url: url.clone(),
+                ca_path: self.redis_ca_path.clone(),
+            })
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         Self::addr("http", &self.http)?;
         Self::addr("flight", &self.flight)?;
@@ -314,6 +331,11 @@ impl Config {
         self.http_limits.validate().map_err(anyhow::Error::msg)?;
         self.control.validate()?;
         self.tls.validate()?;
+        if let Some(redis) = self.redis() {
+            redis.validate()?;
+        } else if self.redis_ca_path.is_some() {
+            bail!("redis_ca_path is set but redis_url is not");
+        }
         self.oauth.validate()?;
         for (org, cell) in &self.router.overrides {
             honeycell_types::OrgId::new(org.clone())

@@ -80,6 +80,11 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let key_reload = config.control.signing_key_reload()?;
     let tiers = Arc::new(config.control.tiers());
     let oauth_config = Arc::new(config.oauth.clone());
+    let redis_config = config.redis();
+    if let Some(r) = &redis_config {
+        // Reads the CA file now, so a bad path stops the start.
+        honeycell_queue::Redis::new(r).context("redis")?;
+    }
 
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
@@ -137,6 +142,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let query_pool = query_handle.clone();
         let tls = cell_tls.clone();
         let oauth_config = oauth_config.clone();
+        let redis_config = redis_config.clone();
         Box::pin(async move {
             let cell = ctx.handle.id();
             // Each cell its own store handle: with PostgreSQL, its own pool,
@@ -180,6 +186,18 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                     }
                 }
             };
+            // Each cell its own Redis connection (made on first use).
+            let redis = match redis_config
+                .as_ref()
+                .map(honeycell_queue::Redis::new)
+                .transpose()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(%cell, error = %e, "cannot set up Redis");
+                    return;
+                }
+            };
             let auth = Authenticator::new(
                 verifier,
                 Some(tokens),
@@ -190,7 +208,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 tiers.clone(),
             );
             let api = ApiState::new(ctx.handle.clone(), auth.clone(), http_config, audit)
-                .with_oauth(oauth);
+                .with_oauth(oauth)
+                .with_redis(redis);
             let flight_state = FlightState {
                 cells: ctx.handle.clone(),
                 auth: auth.clone(),

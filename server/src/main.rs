@@ -52,6 +52,9 @@ struct ConfigFlags {
     /// Host advertised in Flight locations.
     #[arg(long, env = "HONEYCELL_ADVERTISE_HOST")]
     advertise_host: Option<String>,
+    /// Redis for the job queue (redis:// or rediss://).
+    #[arg(long, env = "HONEYCELL_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 impl ConfigFlags {
@@ -77,6 +80,9 @@ impl ConfigFlags {
         }
         if let Some(v) = &self.advertise_host {
             c.advertise_host = Some(v.clone());
+        }
+        if let Some(v) = &self.redis_url {
+            c.redis_url = Some(v.clone());
         }
         Ok(c)
     }
@@ -209,6 +215,9 @@ fn main() -> ExitCode {
             c.validate()?;
             // Reads and parses the certificate files, as `serve` would.
             let tls = honeycell_tls::Tls::load(&c.tls)?;
+            if let Some(r) = c.redis() {
+                honeycell_queue::Redis::new(&r)?;
+            }
             println!(
                 "configuration is valid: {} cells, http {}, flight {}, data_dir {}, tls {}",
                 c.cell_count(),

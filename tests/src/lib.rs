@@ -42,9 +42,11 @@ use tonic::transport::Channel;
 
 pub mod oidc;
 pub mod pg;
+pub mod redis;
 pub mod tls;
 
 pub use pg::TestPostgres;
+pub use redis::TestRedis;
 pub use tls::{TestCa, TlsClient};
 
 /// A port that was free on 127.0.0.1 a moment ago (for services, such as
