@@ -30,6 +30,8 @@ enum Scenario {
     Overload,
     Scaling,
     CellsVsShared,
+    /// Steady tenants' latency beside a storm of new TLS connections.
+    TlsHandshakes,
     /// Every scenario above, in sequence.
     All,
 }
@@ -43,6 +45,7 @@ impl Scenario {
             Scenario::Overload => "overload",
             Scenario::Scaling => "scaling",
             Scenario::CellsVsShared => "cells-vs-shared",
+            Scenario::TlsHandshakes => "tls-handshakes",
             Scenario::All => "all",
         }
     }
@@ -95,6 +98,7 @@ async fn run_one(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<PathBuf> {
         Scenario::Overload => scenarios::overload::run(ctx, &mut rep).await,
         Scenario::Scaling => scenarios::scaling::run(ctx, &mut rep).await,
         Scenario::CellsVsShared => scenarios::cells_vs_shared::run(ctx, &mut rep).await,
+        Scenario::TlsHandshakes => scenarios::tls_handshakes::run(ctx, &mut rep).await,
         Scenario::All => bail!("`all` is not a single scenario"),
     };
     if let Err(e) = &result {
@@ -146,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Overload,
             Scenario::Scaling,
             Scenario::CellsVsShared,
+            Scenario::TlsHandshakes,
         ]
     } else {
         vec![args.scenario]

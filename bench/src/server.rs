@@ -179,7 +179,27 @@ impl Launcher {
             Launcher::Binary { bin, extra } => {
                 let mut all: Vec<(&str, String)> = env.to_vec();
                 all.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
-                spawn(bin, cells, &all).await
+                spawn(bin, cells, &all, None).await
+            }
+        }
+    }
+
+    /// Starts a server that serves TLS (its `HONEYCELL_TLS__*` in `env`)
+    /// with a certificate from the CA `ca_pem`; `--target` is refused.
+    pub async fn start_tls(
+        &self,
+        cells: usize,
+        env: &[(&str, String)],
+        ca_pem: &str,
+    ) -> anyhow::Result<Server> {
+        match self {
+            Launcher::Target { .. } => {
+                bail!("this scenario configures TLS itself and cannot run against --target")
+            }
+            Launcher::Binary { bin, extra } => {
+                let mut all: Vec<(&str, String)> = env.to_vec();
+                all.extend(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                spawn(bin, cells, &all, Some(ca_pem)).await
             }
         }
     }
@@ -191,7 +211,8 @@ fn newer_source_than(bin: &Path) -> Option<PathBuf> {
     let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
     let root = workspace();
     let mut stack: Vec<PathBuf> = [
-        "types", "router", "storage", "auth", "cell", "api", "flight", "server",
+        "types", "router", "storage", "auth", "control", "tls", "queue", "cell", "api", "flight",
+        "server",
     ]
     .iter()
     .map(|c| root.join(c).join("src"))
@@ -236,7 +257,12 @@ impl Drop for Server {
     }
 }
 
-async fn spawn(bin: &Path, cells: usize, env: &[(&str, String)]) -> anyhow::Result<Server> {
+async fn spawn(
+    bin: &Path,
+    cells: usize,
+    env: &[(&str, String)],
+    tls_ca: Option<&str>,
+) -> anyhow::Result<Server> {
     let dir = tempfile::Builder::new()
         .prefix("honeycell-bench-")
         .tempdir()?;
@@ -296,10 +322,15 @@ async fn spawn(bin: &Path, cells: usize, env: &[(&str, String)]) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    server.http = format!("http://127.0.0.1:{}", p["http"]);
-    server.flight = format!("http://127.0.0.1:{}", p["flight"]);
+    let scheme = if tls_ca.is_some() { "https" } else { "http" };
+    server.http = format!("{scheme}://127.0.0.1:{}", p["http"]);
+    server.flight = format!("{scheme}://127.0.0.1:{}", p["flight"]);
     server._dir = Some(dir);
-    let client = reqwest::Client::new();
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = tls_ca {
+        client = client.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
+    }
+    let client = client.build()?;
     loop {
         if let Ok(r) = client
             .get(format!("{}/ready", server.http))

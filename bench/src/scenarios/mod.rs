@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod overload;
 pub mod roapi;
 pub mod scaling;
+pub mod tls_handshakes;
 
 use std::sync::Arc;
 use std::time::Duration;
