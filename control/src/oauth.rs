@@ -676,17 +676,7 @@ impl OAuth {
             .set_pkce_verifier(verifier)
             .request_async(&self.inner.http)
             .await
-            .map_err(|e| {
-                refused(
-                    ErrorClass::Unauthenticated,
-                    "code_exchange_failed",
-                    format!(
-                        "{} refused the authorization code: {}",
-                        p.name,
-                        error_chain(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| exchange_failed(p, &e))?;
         let id_token = response.id_token().ok_or_else(|| {
             refused(
                 ErrorClass::Unauthenticated,
@@ -765,17 +755,7 @@ impl OAuth {
             .set_pkce_verifier(verifier)
             .request_async(&self.inner.http)
             .await
-            .map_err(|e| {
-                refused(
-                    ErrorClass::Unauthenticated,
-                    "code_exchange_failed",
-                    format!(
-                        "{} refused the authorization code: {}",
-                        p.name,
-                        error_chain(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| exchange_failed(p, &e))?;
         let token = oauth2::TokenResponse::access_token(&response)
             .secret()
             .clone();
@@ -934,6 +914,18 @@ impl OAuth {
         };
         Ok((user.clone(), chosen.org.clone(), chosen.role))
     }
+}
+
+fn exchange_failed(p: &Provider, e: &dyn std::error::Error) -> Error {
+    refused(
+        ErrorClass::Unauthenticated,
+        "code_exchange_failed",
+        format!(
+            "{} refused the authorization code: {}",
+            p.name,
+            error_chain(e)
+        ),
+    )
 }
 
 fn invalid_id_token(p: &Provider, why: &str) -> Error {

@@ -952,6 +952,24 @@ pub async fn flight_client(port: u16, token: Option<&str>) -> FlightClient {
     client
 }
 
+/// Runs `honeycell check-config` on `toml` (written into `dir`, with a data
+/// dir there): whether it passed, and its stdout and stderr.
+pub fn check_config(dir: &Path, toml: &str) -> (bool, String) {
+    let config = dir.join("honeycell.toml");
+    std::fs::write(&config, toml).expect("write the config file");
+    let out = honeycell_command()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .expect("run honeycell check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
 /// A plaintext Flight client that connects on first use (so that a server
 /// speaking TLS fails the call, not the set-up).
 pub fn flight_client_lazy(port: u16, token: &str) -> FlightClient {

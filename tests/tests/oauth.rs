@@ -414,21 +414,7 @@ async fn github_sign_in_uses_the_verified_primary_address() {
 #[test]
 fn provider_settings_that_do_not_fit_are_named() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let check = |toml: &str| {
-        let config = dir.path().join("honeycell.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let out = honeycell_tests::honeycell_command()
-            .args(["check-config", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .output()
-            .expect("run honeycell check-config");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let check = |toml: &str| honeycell_tests::check_config(dir.path(), toml);
     let base = "[oauth]\npublic_url = \"https://hc.example.com\"\n";
     for (provider, expect) in [
         ("kind = \"azure\"\nclient_id = \"x\"", "tenant"),

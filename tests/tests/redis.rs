@@ -132,19 +132,7 @@ fn redis_settings_that_do_not_fit_are_named() {
             "/nonexistent/ca.pem",
         ),
     ] {
-        let config = dir.path().join("honeycell.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let out = honeycell_tests::honeycell_command()
-            .args(["check-config", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .output()
-            .expect("run honeycell check-config");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(expect),
-            "{toml}: {err}"
-        );
+        let (ok, err) = honeycell_tests::check_config(dir.path(), toml);
+        assert!(!ok && err.contains(expect), "{toml}: {err}");
     }
 }

@@ -294,23 +294,7 @@ async fn certificates_reload_without_a_restart_and_a_broken_file_keeps_the_old_o
 #[test]
 fn tls_settings_that_do_not_fit_are_named() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let check = |toml: &str| {
-        let config = dir.path().join("honeycell.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let out = honeycell_tests::honeycell_command()
-            .args(["check-config", "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .expect("run honeycell check-config");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout),
-        )
-    };
+    let check = |toml: &str| honeycell_tests::check_config(dir.path(), toml);
     let (ok, out) = check("[tls]\ncert_path = \"/tmp/x.pem\"\n");
     assert!(!ok && out.contains("key_path"), "{out}");
     let (ok, out) = check(
