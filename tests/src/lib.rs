@@ -216,6 +216,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Keep the control plane in PostgreSQL at `url` (instead of the
+    /// embedded store).
+    pub fn postgres(self, url: &str) -> Self {
+        self.env("HONEYCELL_CONTROL__STORE", "postgres")
+            .env("HONEYCELL_CONTROL__POSTGRES_URL", url)
+    }
+
     /// Serve HTTP on this port (default: any free one), for settings that
     /// must name the server's URL before it starts (OAuth redirect URIs).
     pub fn http_port(mut self, port: u16) -> Self {

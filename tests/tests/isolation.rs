@@ -1,7 +1,8 @@
 //! Tenant isolation: org A never sees org B's events, through any protocol,
 //! whatever the ticket, query or SQL says — with every kind of credential:
 //! a JWT from the configured issuer, an API key, and an access token the
-//! server issued for an API key (`/auth/token`).
+//! server issued for an API key (`/auth/token`) — and with the control
+//! plane in the embedded store and in a throwaway PostgreSQL.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use serde_json::json;
 
 struct Tenants {
     server: TestServer,
+    /// The control plane's database, when the server keeps it in PostgreSQL.
+    _pg: Option<TestPostgres>,
     a: String,
     b: String,
     token_a: String,
@@ -23,12 +26,18 @@ struct Tenants {
     ids_b: BTreeSet<String>,
 }
 
-/// How the tenants authenticate.
+/// How the tenants authenticate, and where the control plane lives.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Jwt,
     ApiKey,
     IssuedToken,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    Embedded,
+    Postgres,
 }
 
 /// An admin credential of `org` of the given kind.
@@ -66,8 +75,13 @@ async fn credential(server: &TestServer, org: &str, kind: Kind) -> String {
 }
 
 /// Two orgs, one owned by each cell, each with its own events.
-async fn tenants(kind: Kind) -> Tenants {
-    let server = TestServer::new().await;
+async fn tenants(kind: Kind, store: Store) -> Tenants {
+    let pg = (store == Store::Postgres).then(TestPostgres::start);
+    let mut builder = TestServer::builder();
+    if let Some(pg) = &pg {
+        builder = builder.postgres(&pg.database("honeycell"));
+    }
+    let server = builder.start().await;
     let a = org_owned_by("iso-a", 0, 2);
     let b = org_owned_by("iso-b", 1, 2);
     let token_a = credential(&server, &a, kind).await;
@@ -77,6 +91,7 @@ async fn tenants(kind: Kind) -> Tenants {
     assert!(ids_a.is_disjoint(&ids_b));
     Tenants {
         server,
+        _pg: pg,
         a,
         b,
         token_a,
@@ -96,8 +111,8 @@ fn only_a(t: &Tenants, rows: &[Row], what: &str) {
     assert_eq!(ids, t.ids_a, "{what}: A sees exactly its own events");
 }
 
-async fn http_and_graphql_only_show_the_callers_org(kind: Kind) {
-    let t = tenants(kind).await;
+async fn http_and_graphql_only_show_the_callers_org(kind: Kind, store: Store) {
+    let t = tenants(kind, store).await;
     let rows: Vec<Row> = t
         .server
         .all_events_http(&t.token_a, "", 1000)
@@ -164,8 +179,8 @@ async fn http_and_graphql_only_show_the_callers_org(kind: Kind) {
     assert_eq!(total, t.ids_a.len() as u64);
 }
 
-async fn flight_tickets_cannot_cross_orgs(kind: Kind) {
-    let t = tenants(kind).await;
+async fn flight_tickets_cannot_cross_orgs(kind: Kind, store: Store) {
+    let t = tenants(kind, store).await;
     // A ticket obtained by B, used with A's token, returns A's data only.
     let mut fb = t.server.flight(&t.token_b).await;
     let info = fb
@@ -237,8 +252,8 @@ async fn flight_tickets_cannot_cross_orgs(kind: Kind) {
     assert_eq!(who["org"], t.a.as_str());
 }
 
-async fn flight_sql_sees_only_the_callers_events(kind: Kind) {
-    let t = tenants(kind).await;
+async fn flight_sql_sees_only_the_callers_events(kind: Kind, store: Store) {
+    let t = tenants(kind, store).await;
     let rows = Row::from_batches(
         &t.server
             .sql(&t.token_a, "SELECT * FROM events")
@@ -295,8 +310,8 @@ async fn flight_sql_sees_only_the_callers_events(kind: Kind) {
     assert_eq!(t.server.count_http(&t.token_b).await, t.ids_b.len());
 }
 
-async fn doput_with_another_orgs_id_is_refused(kind: Kind) {
-    let t = tenants(kind).await;
+async fn doput_with_another_orgs_id_is_refused(kind: Kind, store: Store) {
+    let t = tenants(kind, store).await;
     let batch = |org: &str| {
         let cols: Vec<(&str, ArrayRef)> = vec![
             (
@@ -417,23 +432,30 @@ async fn viewer_tokens_cannot_write() {
     );
 }
 
-/// Every isolation check above, with every kind of credential.
+/// Every isolation check above, with every kind of credential, on both
+/// control-plane stores.
 macro_rules! with_every_credential {
     ($($check:ident),* $(,)?) => {
-        mod jwt {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { super::$check(super::Kind::Jwt).await }
-            )*
-        }
-        mod api_key {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { super::$check(super::Kind::ApiKey).await }
-            )*
-        }
-        mod issued_token {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() { super::$check(super::Kind::IssuedToken).await }
-            )*
+        with_every_credential!(@store embedded, Embedded, $($check),*);
+        with_every_credential!(@store postgres, Postgres, $($check),*);
+    };
+    (@store $store:ident, $variant:ident, $($check:ident),*) => {
+        mod $store {
+            mod jwt {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() { super::super::$check(super::super::Kind::Jwt, super::super::Store::$variant).await }
+                )*
+            }
+            mod api_key {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() { super::super::$check(super::super::Kind::ApiKey, super::super::Store::$variant).await }
+                )*
+            }
+            mod issued_token {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() { super::super::$check(super::super::Kind::IssuedToken, super::super::Store::$variant).await }
+                )*
+            }
         }
     };
 }

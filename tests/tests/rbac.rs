@@ -208,6 +208,21 @@ async fn run(server: &TestServer, op: Op, token: Option<&str>) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_every_operation_every_protocol() {
     let server = TestServer::builder().cells(2).start().await;
+    matrix(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_every_operation_every_protocol_on_postgres() {
+    let pg = TestPostgres::start();
+    let server = TestServer::builder()
+        .cells(2)
+        .postgres(&pg.database("honeycell"))
+        .start()
+        .await;
+    matrix(&server).await;
+}
+
+async fn matrix(server: &TestServer) {
     let mut failures = Vec::new();
     for (i, (role, name)) in [
         (Role::Admin, "admin"),
