@@ -235,7 +235,7 @@ async fn matrix(server: &TestServer) {
         let token = server.token("matrix", role);
         for (op, permission, admin, operator, viewer) in MATRIX {
             let allowed = [admin, operator, viewer][i];
-            let got = run(&server, op, Some(&token)).await;
+            let got = run(server, op, Some(&token)).await;
             let ok = match (&got, allowed) {
                 (Outcome::Allowed, true) => true,
                 (Outcome::Refused(403, p), false) => p.as_deref().is_none_or(|p| p == permission),
@@ -255,7 +255,7 @@ async fn matrix(server: &TestServer) {
     }
     // No identity: 401 on every operation.
     for (op, ..) in MATRIX {
-        let got = run(&server, op, None).await;
+        let got = run(server, op, None).await;
         if got != Outcome::Refused(401, None) {
             failures.push(format!("anonymous {op:?}: expected 401, got {got:?}"));
         }
