@@ -1,16 +1,23 @@
 //! What authentication adds per request through the `Authenticator`: an API
 //! key on a warm per-cell cache (hash lookup, SHA-256 of the presented
 //! secret, constant-time compare — no store I/O), and a JWT through the same
-//! entry point. Each iteration includes one `block_on` of a future that
+//! entry point: HS256 from the configured issuer, and an Ed25519 access
+//! token the server issued itself (`/auth/token`, `/auth/refresh`, OAuth
+//! sign-in), both answered from the cell's verified-token cache after their
+//! first use; and, separately, the signature check a first use costs. Each
+//! `authenticate` iteration includes one `block_on` of a future that
 //! completes at once.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use honeycell_auth::{JwtConfig, Role, Signer, Verifier};
+use honeycell_auth::{
+    ActionSet, Credential, JwtConfig, Quota, Role, Signer, TenantContext, Verifier,
+};
 use honeycell_control::{
-    ApiKey, AuditSink, Authenticator, BruteForce, EmbeddedStore, Store, generate_api_key,
+    ApiKey, AuditSink, Authenticator, BruteForce, EmbeddedStore, Store, TokenService,
+    ensure_signing_key, generate_api_key,
 };
 use honeycell_types::OrgId;
 
@@ -45,9 +52,40 @@ fn authn(c: &mut Criterion) {
     .expect("insert key");
     // A long TTL keeps the store out of the measurement.
     let (audit, _writer) = rt.block_on(async { AuditSink::spawn(store.clone()) });
+    rt.block_on(ensure_signing_key(&store))
+        .expect("a signing key");
+    let tokens = rt
+        .block_on(TokenService::load(
+            store.clone(),
+            config.clone(),
+            Duration::from_secs(900),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        ))
+        .expect("token service");
+    let issued = rt
+        .block_on(tokens.issue(&TenantContext {
+            org: org.clone(),
+            subject: "user:bench".into(),
+            role: Role::Operator,
+            credential: Credential::Jwt {
+                key_id: None,
+                expires_at: 0,
+                token_id: None,
+                scopes: ActionSet::ALL,
+            },
+            quota: Quota::default(),
+        }))
+        .expect("an issued pair");
+    let issued_kid = honeycell_auth::peek_kid(&issued.access_token).expect("a kid");
+    let issued_verifier = rt
+        .block_on(tokens.verifier_for(&issued_kid))
+        .expect("key ring")
+        .expect("the issuing key");
+    let hs256 = verifier.clone();
     let auth = Authenticator::new(
         verifier,
-        None,
+        Some(tokens),
         store,
         audit,
         Duration::from_secs(3600),
@@ -67,6 +105,9 @@ fn authn(c: &mut Criterion) {
         )
         .expect("token");
     let jwt_header = format!("Bearer {token}");
+    let issued_header = format!("Bearer {}", issued.access_token);
+    rt.block_on(auth.authenticate(Some(&issued_header), None))
+        .expect("the issued token verifies");
 
     let mut group = c.benchmark_group("authenticate");
     group.bench_function("api_key_cached", |b| {
@@ -79,6 +120,25 @@ fn authn(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(auth.authenticate(Some(black_box(&jwt_header)), None))
                 .expect("valid token")
+        })
+    });
+    group.bench_function("jwt_eddsa_issued", |b| {
+        b.iter(|| {
+            rt.block_on(auth.authenticate(Some(black_box(&issued_header)), None))
+                .expect("valid issued token")
+        })
+    });
+    group.finish();
+    // What a token's first use costs (after that, the cell's cache answers).
+    let mut group = c.benchmark_group("verify_signature");
+    group.bench_function("hs256", |b| {
+        b.iter(|| hs256.verify(black_box(&token)).expect("valid token"))
+    });
+    group.bench_function("eddsa_issued", |b| {
+        b.iter(|| {
+            issued_verifier
+                .verify(black_box(&issued.access_token))
+                .expect("valid issued token")
         })
     });
     group.finish();

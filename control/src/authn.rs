@@ -2,6 +2,13 @@
 //! `honeycell_auth::Verifier`, no I/O) or an API key `hck_<id>_<secret>`
 //! (looked up in the control plane through a short-lived per-cell cache).
 //!
+//! JWTs. A token whose signature verified is remembered per cell (the
+//! whole token text is the key) for at most a minute, so the signature
+//! check — ≈3 µs for HS256, ≈30 µs for the server's Ed25519 tokens — is
+//! paid once per token and minute rather than on every request; its `exp`
+//! is still checked on every use. A signing key deleted from the ring stops
+//! verifying cached tokens within that minute.
+//!
 //! API keys. The secret is 32 random bytes (43 base64url characters); only
 //! its SHA-256 is stored, and the presented secret's hash is compared in
 //! constant time. A cell caches each key record (or its absence) for at most
@@ -49,6 +56,11 @@ const SECRET_B64: usize = 43;
 const TIER_TTL: Duration = Duration::from_secs(5);
 /// Cache entries beyond this are dropped wholesale (a flood of random ids).
 const MAX_CACHED: usize = 100_000;
+/// Verified JWTs kept per cell, and for how long at most: a signature check
+/// (≈3 µs HS256, ≈30 µs Ed25519) is paid once per token per minute, not per
+/// request; `exp` is checked on every use.
+const MAX_JWTS_CACHED: usize = 10_000;
+const JWT_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// A freshly made key: the text shown once, and what is stored.
 pub struct NewApiKey {
@@ -190,6 +202,8 @@ struct Inner {
     tier_cache: Mutex<HashMap<honeycell_types::OrgId, (Instant, honeycell_auth::Quota)>>,
     /// Key id → latest use (µs), waiting for the next flush.
     uses: Mutex<HashMap<String, i64>>,
+    /// Verified JWT → (when verified, its context).
+    jwts: Mutex<HashMap<Box<str>, (Instant, TenantContext)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -227,6 +241,7 @@ impl Authenticator {
                 tiers,
                 tier_cache: Mutex::new(HashMap::new()),
                 uses: Mutex::new(HashMap::new()),
+                jwts: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -332,16 +347,35 @@ impl Authenticator {
     /// A JWT: by a managed key when its `kid` is one of ours (`hc-…`), else
     /// by the configured key.
     async fn jwt(&self, token: &str, raw: &str) -> Result<TenantContext> {
-        if let Some(tokens) = &self.inner.tokens
+        let now_secs = honeycell_types::now_us().max(0) as u64 / 1_000_000;
+        if let Ok(cache) = self.inner.jwts.lock()
+            && let Some((at, ctx)) = cache.get(token)
+            && at.elapsed() < JWT_CACHE_TTL
+            && matches!(ctx.credential, Credential::Jwt { expires_at, .. } if expires_at > now_secs)
+        {
+            return Ok(ctx.clone());
+        }
+        let ctx = if let Some(tokens) = &self.inner.tokens
             && let Some(kid) = honeycell_auth::peek_kid(token)
             && kid.starts_with(crate::tokens::KID_PREFIX)
         {
-            return match tokens.verifier_for(&kid).await? {
-                Some(v) => Ok(v.verify(token)?),
-                None => Err(honeycell_auth::Error::BadSignature.into()),
-            };
+            match tokens.verifier_for(&kid).await? {
+                Some(v) => v.verify(token)?,
+                None => return Err(honeycell_auth::Error::BadSignature.into()),
+            }
+        } else {
+            self.inner.verifier.verify_bearer(Some(raw))?
+        };
+        if let Ok(mut cache) = self.inner.jwts.lock() {
+            if cache.len() >= MAX_JWTS_CACHED {
+                cache.retain(|_, (at, _)| at.elapsed() < JWT_CACHE_TTL);
+                if cache.len() >= MAX_JWTS_CACHED {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.into(), (Instant::now(), ctx.clone()));
         }
-        Ok(self.inner.verifier.verify_bearer(Some(raw))?)
+        Ok(ctx)
     }
 
     async fn api_key(&self, text: &str, peer: Option<IpAddr>) -> Result<TenantContext> {

@@ -694,6 +694,24 @@ async fn bad_tokens_are_refused_over_http_and_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_seen_before_is_still_refused_once_it_expires() {
+    // Verified tokens are remembered per cell; expiry must still apply.
+    let server = TestServer::builder()
+        .env("HONEYCELL_JWT__LEEWAY_SECS", 0)
+        .start()
+        .await;
+    let short = server.token_ttl("jwt-org", Role::Viewer, Duration::from_secs(2));
+    for _ in 0..3 {
+        let (status, _) = server.get_events(&short, "").await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, body) = server.get_events(&short, "").await;
+    assert_eq!(status, 401, "an expired token, verified before: {body}");
+    assert_eq!(body["error"]["code"], "token_expired", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_token_is_refused_by_an_rs256_server() {
     let server = TestServer::builder().rs256().start().await;
     // A genuine RS256 token works.
