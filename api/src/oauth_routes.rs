@@ -81,7 +81,7 @@ pub async fn start(
         .map(OrgId::new)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_org", format!("org: {e}")))?;
-    let started = oauth.start(&provider, org).await?;
+    let started = oauth.start(&provider, org, Some(addr.ip())).await?;
     let location = HeaderValue::from_str(&started.authorize_url).map_err(|_| {
         ApiError::new(
             ErrorClass::Internal,

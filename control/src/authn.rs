@@ -139,13 +139,13 @@ struct FailBucket {
 }
 
 /// Failure buckets by address or key id.
-struct Failures<K> {
+pub(crate) struct Failures<K> {
     limit: BruteForce,
     buckets: HashMap<K, FailBucket>,
 }
 
 impl<K: std::hash::Hash + Eq> Failures<K> {
-    fn new(limit: BruteForce) -> Self {
+    pub(crate) fn new(limit: BruteForce) -> Self {
         Failures {
             limit,
             buckets: HashMap::new(),
@@ -157,7 +157,7 @@ impl<K: std::hash::Hash + Eq> Failures<K> {
     }
 
     /// `Some(seconds to wait)` while `k` has no failures left.
-    fn blocked(&mut self, k: &K) -> Option<u64> {
+    pub(crate) fn blocked(&mut self, k: &K) -> Option<u64> {
         let rate = self.rate();
         let cap = f64::from(self.limit.max_failures);
         let b = self.buckets.get_mut(k)?;
@@ -166,7 +166,7 @@ impl<K: std::hash::Hash + Eq> Failures<K> {
         (b.tokens < 1.0).then(|| ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64)
     }
 
-    fn fail(&mut self, k: K) {
+    pub(crate) fn fail(&mut self, k: K) {
         if self.buckets.len() >= MAX_CACHED {
             // A flood of distinct addresses: start over rather than grow.
             self.buckets.clear();

@@ -27,6 +27,7 @@
 //! otherwise the sign-in is refused.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ use openidconnect::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::authn::{BruteForce, Failures};
 use crate::error::{Error, Result};
 use crate::model::{AuditDraft, OAuthLogin, User};
 use crate::{AuditSink, Store, TokenPair, TokenService};
@@ -68,6 +70,9 @@ pub struct OAuthConfig {
     /// Set the `Secure` attribute on the login cookie (on by default; turn
     /// off only for plain-HTTP development).
     pub secure_cookie: bool,
+    /// Sign-ins one source address may start per minute (per cell); each
+    /// start stores a login until it is finished or expires.
+    pub max_starts_per_minute: u32,
     pub providers: BTreeMap<String, ProviderConfig>,
 }
 
@@ -77,6 +82,7 @@ impl Default for OAuthConfig {
             public_url: None,
             login_timeout: "10m".into(),
             secure_cookie: true,
+            max_starts_per_minute: 30,
             providers: BTreeMap::new(),
         }
     }
@@ -142,6 +148,11 @@ impl OAuthConfig {
     /// read by [`OAuth::new`]).
     pub fn validate(&self) -> Result<()> {
         self.login_timeout()?;
+        if self.max_starts_per_minute == 0 {
+            return Err(Error::Config(
+                "oauth.max_starts_per_minute must be at least 1".into(),
+            ));
+        }
         for (name, p) in &self.providers {
             Provider::new(self, name, p)?;
         }
@@ -364,6 +375,8 @@ struct Inner {
     audit: AuditSink,
     login_ttl: Duration,
     secure_cookie: bool,
+    /// Sign-ins started per source address (a token bucket each).
+    starts: Mutex<Failures<IpAddr>>,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -422,6 +435,10 @@ impl OAuth {
                 audit,
                 login_ttl: config.login_timeout()?,
                 secure_cookie: config.secure_cookie,
+                starts: Mutex::new(Failures::new(BruteForce {
+                    max_failures: config.max_starts_per_minute,
+                    window: Duration::from_secs(60),
+                })),
             }),
         })
     }
@@ -494,9 +511,29 @@ impl OAuth {
         Ok(m)
     }
 
-    /// Starts a sign-in: stores the login and returns the provider URL.
-    pub async fn start(&self, provider: &str, org: Option<OrgId>) -> Result<Started> {
+    /// Starts a sign-in for a browser at `peer`: stores the login and
+    /// returns the provider URL.
+    pub async fn start(
+        &self,
+        provider: &str,
+        org: Option<OrgId>,
+        peer: Option<IpAddr>,
+    ) -> Result<Started> {
         let p = self.provider(provider)?;
+        if let Some(ip) = peer
+            && let Ok(mut starts) = self.inner.starts.lock()
+        {
+            if let Some(wait) = starts.blocked(&ip) {
+                return Err(refused(
+                    ErrorClass::Overloaded {
+                        retry_after: Duration::from_secs(wait),
+                    },
+                    "too_many_sign_ins",
+                    "too many sign-ins started from this address; try again later",
+                ));
+            }
+            starts.fail(ip);
+        }
         let state = random_token();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let nonce = if p.kind == ProviderKind::Github {

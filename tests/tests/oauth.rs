@@ -411,6 +411,38 @@ async fn github_sign_in_uses_the_verified_primary_address() {
     assert_eq!((status, code(&body)), (403, "unknown_user"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_starts_are_limited_per_address() {
+    let idp = TestProvider::start().await;
+    // One cell, so that every start meets the same bucket.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = TestServer::builder()
+        .cells(1)
+        .http_port(port)
+        .toml(&format!(
+            "[oauth]\npublic_url = \"{base}\"\nmax_starts_per_minute = 3\n{}",
+            idp.provider_toml("corp", "oidc", "")
+        ))
+        .start()
+        .await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let start = format!("{base}/auth/oauth/corp/start");
+    for i in 0..3 {
+        let r = browser.get(&start).send().await.expect("GET start");
+        assert_eq!(r.status(), 302, "start {i}");
+    }
+    let r = browser.get(&start).send().await.expect("GET start");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(code(&body), "too_many_sign_ins", "{body}");
+    drop(server);
+}
+
 #[test]
 fn provider_settings_that_do_not_fit_are_named() {
     let dir = tempfile::tempdir().expect("temp dir");
