@@ -7,7 +7,8 @@
 //! check — ≈3 µs for HS256, ≈30 µs for the server's Ed25519 tokens — is
 //! paid once per token and minute rather than on every request; its `exp`
 //! is still checked on every use. A signing key deleted from the ring stops
-//! verifying cached tokens within that minute.
+//! verifying cached tokens within that minute. A token the server issued for
+//! an API key is refused as soon as the key is (through the key cache).
 //!
 //! API keys. The secret is 32 random bytes (43 base64url characters); only
 //! its SHA-256 is stored, and the presented secret's hash is compared in
@@ -314,6 +315,7 @@ impl Authenticator {
             f.fail(ip);
         }
         let mut ctx = result?;
+        self.check_key_behind_token(&ctx).await?;
         ctx.quota = self.quota_of(&ctx.org).await?;
         Ok(ctx)
     }
@@ -434,6 +436,32 @@ impl Authenticator {
             },
             quota: honeycell_auth::Quota::default(),
         })
+    }
+
+    /// An access token this server issued for an API key (`/auth/token`,
+    /// subject `apikey:<id>`) lives no longer than the key: its revocation
+    /// or expiry reaches the token as fast as the key itself (the key
+    /// cache's lifetime, ≤ 1 s), not when the token expires.
+    async fn check_key_behind_token(&self, ctx: &TenantContext) -> Result<()> {
+        let Credential::Jwt {
+            key_id: Some(kid), ..
+        } = &ctx.credential
+        else {
+            return Ok(());
+        };
+        let Some(id) = ctx.subject.strip_prefix("apikey:") else {
+            return Ok(());
+        };
+        if !kid.starts_with(crate::tokens::KID_PREFIX) {
+            return Ok(());
+        }
+        match self.lookup(id).await? {
+            Some(k) if k.org == ctx.org && k.is_live(honeycell_types::now_us()) => Ok(()),
+            Some(k) if k.revoked_at_us.is_none() && k.org == ctx.org => {
+                Err(honeycell_auth::Error::ApiKeyExpired.into())
+            }
+            _ => Err(honeycell_auth::Error::ApiKeyRevoked.into()),
+        }
     }
 
     /// The key record, from the cache when fresh, else from the store.

@@ -181,9 +181,16 @@ async fn api_key_exchange_refresh_rotation_reuse_detection_and_logout() {
     let (status, _) = post(&server, "/auth/refresh", None, json!({"refresh_token": r3})).await;
     assert_eq!(status, 401);
 
-    // Revoking the API key ends its logins at the next refresh.
+    // Revoking the API key ends its logins: their access tokens within the
+    // key cache's second, their refresh tokens at once.
     let (_, pair4) = post(&server, "/auth/token", Some(&key), json!({})).await;
     let r4 = pair4["refresh_token"].as_str().expect("refresh").to_owned();
+    let a4 = pair4["access_token"].as_str().expect("access").to_owned();
+    let (status, _) = server.get_events(&a4, "").await;
+    assert_eq!(
+        status, 200,
+        "the key's access token works before revocation"
+    );
     let (_, body) = server
         .graphql(
             &admin,
@@ -198,6 +205,19 @@ async fn api_key_exchange_refresh_rotation_reuse_detection_and_logout() {
         (401, json!("api_key_revoked")),
         "{body}"
     );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = server.get_events(&a4, "").await;
+        if status == 401 {
+            assert_eq!(body["error"]["code"], "api_key_revoked", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked key's access token still works after 3 s: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Bad input.
     let (status, body) = post(&server, "/auth/refresh", None, json!({"token": "x"})).await;
