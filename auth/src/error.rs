@@ -87,6 +87,11 @@ pub enum Error {
     RefreshExpired,
 
     #[error(
+        "you are no longer a member of this org; ask one of its admins, or sign in to another org"
+    )]
+    NoLongerMember,
+
+    #[error(
         "too many failed authentication attempts from this address or for this key; retry after {retry_after_secs} s"
     )]
     TooManyFailures { retry_after_secs: u64 },
@@ -121,7 +126,8 @@ impl Error {
             | Error::ApiKeyRevoked
             | Error::ApiKeyExpired
             | Error::BadRefreshToken
-            | Error::RefreshExpired => ErrorClass::Unauthenticated,
+            | Error::RefreshExpired
+            | Error::NoLongerMember => ErrorClass::Unauthenticated,
             Error::TooManyFailures { retry_after_secs } => ErrorClass::Overloaded {
                 retry_after: std::time::Duration::from_secs(*retry_after_secs),
             },
@@ -173,6 +179,7 @@ impl Error {
             Error::TooManyFailures { .. } => "too_many_failed_attempts",
             Error::BadRefreshToken => "bad_refresh_token",
             Error::RefreshExpired => "refresh_token_expired",
+            Error::NoLongerMember => "membership_revoked",
         }
     }
 }

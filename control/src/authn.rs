@@ -8,7 +8,9 @@
 //! paid once per token and minute rather than on every request; its `exp`
 //! is still checked on every use. A signing key deleted from the ring stops
 //! verifying cached tokens within that minute. A token the server issued for
-//! an API key is refused as soon as the key is (through the key cache).
+//! an API key is refused as soon as the key is, and a signed-in person's as
+//! soon as their membership ends (it follows their current role), through
+//! per-cell caches of at most `cache_ttl`.
 //!
 //! API keys. The secret is 32 random bytes (43 base64url characters); only
 //! its SHA-256 is stored, and the presented secret's hash is compared in
@@ -183,6 +185,9 @@ impl<K: std::hash::Hash + Eq> Failures<K> {
     }
 }
 
+/// When a membership was read, and the role it gave (`None`: no member).
+type MemberRole = (Instant, Option<honeycell_auth::Role>);
+
 /// Authenticates requests for one cell.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -205,6 +210,8 @@ struct Inner {
     uses: Mutex<HashMap<String, i64>>,
     /// Verified JWT → (when verified, its context).
     jwts: Mutex<HashMap<Box<str>, (Instant, TenantContext)>>,
+    /// (user id, org) → (when read, the user's role there, if a member).
+    members: Mutex<HashMap<(String, honeycell_types::OrgId), MemberRole>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -243,6 +250,7 @@ impl Authenticator {
                 tier_cache: Mutex::new(HashMap::new()),
                 uses: Mutex::new(HashMap::new()),
                 jwts: Mutex::new(HashMap::new()),
+                members: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -315,7 +323,7 @@ impl Authenticator {
             f.fail(ip);
         }
         let mut ctx = result?;
-        self.check_key_behind_token(&ctx).await?;
+        self.check_principal_behind_token(&mut ctx).await?;
         ctx.quota = self.quota_of(&ctx.org).await?;
         Ok(ctx)
     }
@@ -438,30 +446,69 @@ impl Authenticator {
         })
     }
 
-    /// An access token this server issued for an API key (`/auth/token`,
-    /// subject `apikey:<id>`) lives no longer than the key: its revocation
-    /// or expiry reaches the token as fast as the key itself (the key
-    /// cache's lifetime, ≤ 1 s), not when the token expires.
-    async fn check_key_behind_token(&self, ctx: &TenantContext) -> Result<()> {
+    /// An access token this server issued lives no longer than what it was
+    /// issued for, and a person's takes their current role: for an API key
+    /// (subject `apikey:<id>`), the key's revocation or expiry; for a
+    /// signed-in person (`user:<id>`), their membership of the org. Both are
+    /// read through per-cell caches of `cache_ttl` (≤ 1 s), so a change
+    /// reaches every cell's requests within that time, not when the token
+    /// expires.
+    async fn check_principal_behind_token(&self, ctx: &mut TenantContext) -> Result<()> {
         let Credential::Jwt {
             key_id: Some(kid), ..
         } = &ctx.credential
         else {
             return Ok(());
         };
-        let Some(id) = ctx.subject.strip_prefix("apikey:") else {
-            return Ok(());
-        };
         if !kid.starts_with(crate::tokens::KID_PREFIX) {
             return Ok(());
         }
-        match self.lookup(id).await? {
-            Some(k) if k.org == ctx.org && k.is_live(honeycell_types::now_us()) => Ok(()),
-            Some(k) if k.revoked_at_us.is_none() && k.org == ctx.org => {
-                Err(honeycell_auth::Error::ApiKeyExpired.into())
-            }
-            _ => Err(honeycell_auth::Error::ApiKeyRevoked.into()),
+        if let Some(id) = ctx.subject.strip_prefix("apikey:") {
+            return match self.lookup(id).await? {
+                Some(k) if k.org == ctx.org && k.is_live(honeycell_types::now_us()) => Ok(()),
+                Some(k) if k.revoked_at_us.is_none() && k.org == ctx.org => {
+                    Err(honeycell_auth::Error::ApiKeyExpired.into())
+                }
+                _ => Err(honeycell_auth::Error::ApiKeyRevoked.into()),
+            };
         }
+        if let Some(user) = ctx.subject.strip_prefix("user:") {
+            match self.member_role(user, &ctx.org).await? {
+                Some(role) => ctx.role = role,
+                None => return Err(honeycell_auth::Error::NoLongerMember.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `user`'s role in `org`, from the cache when fresh, else the store.
+    async fn member_role(
+        &self,
+        user: &str,
+        org: &honeycell_types::OrgId,
+    ) -> Result<Option<honeycell_auth::Role>> {
+        let key = (user.to_owned(), org.clone());
+        if let Ok(cache) = self.inner.members.lock()
+            && let Some((at, role)) = cache.get(&key)
+            && at.elapsed() < self.inner.cache_ttl
+        {
+            return Ok(*role);
+        }
+        let role = self
+            .inner
+            .store
+            .memberships_of_user(user)
+            .await?
+            .into_iter()
+            .find(|m| &m.org == org)
+            .map(|m| m.role);
+        if let Ok(mut cache) = self.inner.members.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), role));
+        }
+        Ok(role)
     }
 
     /// The key record, from the cache when fresh, else from the store.

@@ -297,7 +297,7 @@ impl TokenService {
                         .store
                         .revoke_refresh_family(&current.family)
                         .await?;
-                    return Err(honeycell_auth::Error::BadRefreshToken.into());
+                    return Err(honeycell_auth::Error::NoLongerMember.into());
                 }
             }
         }

@@ -161,9 +161,42 @@ async fn sign_in_end_to_end(postgres: Option<&str>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Removed from the org: refreshing fails and signing in is refused.
+    // Promoted: the token she holds follows her role within a second or so.
+    let (status, body) = server
+        .graphql(
+            &admin,
+            "mutation($u: String!) { setMemberRole(userId: $u, role: OPERATOR) { role } }",
+            json!({"u": ada_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let one = json!([{"event_type": "INSERT", "entity_type": "o", "entity_id": "1", "data": {}}]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.post_events(&access, &one).await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the promotion never reached her token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Removed from the org: her access token stops within a second or so,
+    // refreshing fails and signing in is refused.
     let (status, body) = server.graphql(&admin, REMOVE, json!({"u": ada_id})).await;
     assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = server.get_events(&access, "").await;
+        if status == 401 {
+            assert_eq!(body["error"]["code"], "membership_revoked", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a removed member's token still works: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let resp = server
         .http()
         .post(server.url("/auth/refresh"))
