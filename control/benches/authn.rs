@@ -16,7 +16,7 @@ use honeycell_auth::{
     ActionSet, Credential, JwtConfig, Quota, Role, Signer, TenantContext, Verifier,
 };
 use honeycell_control::{
-    ApiKey, AuditSink, Authenticator, BruteForce, EmbeddedStore, Store, TokenService,
+    ApiKey, AuditSink, Authenticator, BruteForce, EmbeddedStore, Store, TokenService, User,
     ensure_signing_key, generate_api_key,
 };
 use honeycell_types::OrgId;
@@ -54,6 +54,16 @@ fn authn(c: &mut Criterion) {
     let (audit, _writer) = rt.block_on(async { AuditSink::spawn(store.clone()) });
     rt.block_on(ensure_signing_key(&store))
         .expect("a signing key");
+    // The issued token is a signed-in member's: each use checks (through
+    // the cell's membership cache) that they still are one.
+    rt.block_on(store.create_user(&User {
+        id: "bench".into(),
+        email: "bench@example.com".into(),
+        created_at_us: now,
+    }))
+    .expect("user");
+    rt.block_on(store.set_membership(&org, "bench", Role::Operator))
+        .expect("membership");
     let tokens = rt
         .block_on(TokenService::load(
             store.clone(),
