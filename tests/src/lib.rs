@@ -746,22 +746,21 @@ impl TestServer {
 
     // ---- Flight ----
 
+    /// A channel to this server's Flight `port`: over TLS when the server
+    /// speaks it, else plaintext.
+    pub async fn channel_to(&self, port: u16) -> Channel {
+        match &self.builder.tls {
+            Some(tls) => tls
+                .channel(port)
+                .await
+                .unwrap_or_else(|e| panic!("connect to Flight over TLS at {port}: {e:?}")),
+            None => channel(port).await,
+        }
+    }
+
     /// A Flight client to `port` with the bearer token (None: no header).
     pub async fn flight_at(&self, port: u16, token: Option<&str>) -> FlightClient {
-        let Some(tls) = &self.builder.tls else {
-            return flight_client(port, token).await;
-        };
-        let channel = tls
-            .channel(port)
-            .await
-            .unwrap_or_else(|e| panic!("connect to Flight over TLS at {port}: {e:?}"));
-        let mut client = FlightClient::new(channel);
-        if let Some(t) = token {
-            client
-                .add_header("authorization", &format!("Bearer {t}"))
-                .expect("authorization metadata");
-        }
-        client
+        with_bearer(FlightClient::new(self.channel_to(port).await), token)
     }
 
     /// A Flight client on the shared Flight port.
@@ -776,14 +775,7 @@ impl TestServer {
 
     /// A Flight SQL client on `port`.
     pub async fn flight_sql_at(&self, port: u16, token: &str) -> FlightSqlServiceClient<Channel> {
-        let Some(tls) = &self.builder.tls else {
-            return flight_sql_client(port, token).await;
-        };
-        let channel = tls
-            .channel(port)
-            .await
-            .unwrap_or_else(|e| panic!("connect to Flight SQL over TLS: {e:?}"));
-        let mut client = FlightSqlServiceClient::new(channel);
+        let mut client = FlightSqlServiceClient::new(self.channel_to(port).await);
         client.set_header("authorization", format!("Bearer {token}"));
         client
     }
@@ -949,8 +941,11 @@ impl Drop for TestServer {
 
 /// A Flight client to `127.0.0.1:port`, with `authorization: Bearer <token>`.
 pub async fn flight_client(port: u16, token: Option<&str>) -> FlightClient {
-    let channel = channel(port).await;
-    let mut client = FlightClient::new(channel);
+    with_bearer(FlightClient::new(channel(port).await), token)
+}
+
+/// `client` sending `authorization: Bearer <token>` (None: no header).
+fn with_bearer(mut client: FlightClient, token: Option<&str>) -> FlightClient {
     if let Some(t) = token {
         client
             .add_header("authorization", &format!("Bearer {t}"))
@@ -985,11 +980,7 @@ pub fn flight_client_lazy(port: u16, token: &str) -> FlightClient {
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(10))
         .connect_lazy();
-    let mut client = FlightClient::new(channel);
-    client
-        .add_header("authorization", &format!("Bearer {token}"))
-        .expect("authorization metadata");
-    client
+    with_bearer(FlightClient::new(channel), Some(token))
 }
 
 /// A Flight client sending `authorization: <raw>` verbatim.
