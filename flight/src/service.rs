@@ -68,6 +68,14 @@ impl FlightState {
         Ok(self.auth.authenticate(header, peer).await?)
     }
 
+    /// A snapshot of the caller's events, a refusal audited.
+    pub async fn snapshot(&self, ctx: &TenantContext) -> Result<honeycell_storage::OrgSnapshot> {
+        self.cells
+            .snapshot(ctx)
+            .await
+            .map_err(|e| self.refused(ctx, e))
+    }
+
     /// Audits a refusal for lack of permission or over a quota; passes the
     /// error through (the same entries the HTTP and GraphQL paths write).
     pub fn refused(&self, ctx: &TenantContext, e: honeycell_cell::Error) -> Error {
@@ -186,12 +194,7 @@ impl HoneycellFlight {
         let ctx = self.state.tenant(&request).await?;
         let query = EventsTicket::parse(&request.get_ref().ticket, "ticket")?;
         let (filter, after) = query.filter()?;
-        let snapshot = self
-            .state
-            .cells
-            .snapshot(&ctx)
-            .await
-            .map_err(|e| self.state.refused(&ctx, e))?;
+        let snapshot = self.state.snapshot(&ctx).await?;
         // Batches go from the snapshot (zero-copy views of sealed segments)
         // straight into the Flight encoder: no rows, no JSON.
         let batches = Scan::new(&snapshot, &filter, after).map(|item| {
@@ -268,12 +271,7 @@ impl HoneycellFlight {
                 "location": self.state.location_of(&ctx.org),
             }),
             "stats" => {
-                let snapshot = self
-                    .state
-                    .cells
-                    .snapshot(&ctx)
-                    .await
-                    .map_err(|e| self.state.refused(&ctx, e))?;
+                let snapshot = self.state.snapshot(&ctx).await?;
                 json!({
                     "events": snapshot.num_rows(),
                     "first_offset": snapshot.first_offset(),

@@ -112,12 +112,7 @@ impl SqlService {
         ticket: Ticket,
     ) -> Result<FlightInfo> {
         let ctx = self.state.tenant(request).await?;
-        let snapshot = self
-            .state
-            .cells
-            .snapshot(&ctx)
-            .await
-            .map_err(|e| self.state.refused(&ctx, e))?;
+        let snapshot = self.state.snapshot(&ctx).await?;
         let (schema, _) = self.run(snapshot, sql, false).await?;
         let endpoint = FlightEndpoint::new()
             .with_ticket(ticket)
@@ -131,12 +126,7 @@ impl SqlService {
 
     async fn stream(&self, request: &Request<Ticket>, sql: String) -> Result<DoGetStream> {
         let ctx = self.state.tenant(request).await?;
-        let snapshot = self
-            .state
-            .cells
-            .snapshot(&ctx)
-            .await
-            .map_err(|e| self.state.refused(&ctx, e))?;
+        let snapshot = self.state.snapshot(&ctx).await?;
         let (schema, batches) = self.run(snapshot, sql, true).await?;
         let batches = batches.ok_or(Error::QueryWorkerGone)?;
         let stream = FlightDataEncoderBuilder::new()
@@ -206,12 +196,7 @@ impl FlightSqlService for SqlService {
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let ctx = self.state.tenant(&request).await?;
-        let snapshot = self
-            .state
-            .cells
-            .snapshot(&ctx)
-            .await
-            .map_err(|e| self.state.refused(&ctx, e))?;
+        let snapshot = self.state.snapshot(&ctx).await?;
         let (schema, _) = self.run(snapshot, query.query.clone(), false).await?;
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()

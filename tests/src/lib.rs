@@ -746,6 +746,41 @@ impl TestServer {
 
     // ---- Flight ----
 
+    /// `org`'s audit entries (newest first, at most 100; of `action` only
+    /// when given), read as its admin once `done` holds for them: the log is
+    /// written in the background. Panics after 10 s.
+    pub async fn audit_until(
+        &self,
+        org: &str,
+        action: Option<&str>,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let admin = self.token(org, honeycell_auth::Role::Admin);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, body) = self
+                .graphql(
+                    &admin,
+                    "query($a: String) { auditLog(action: $a, first: 100) {
+                        entries { seq actor action resource result traceId detail } } }",
+                    json!({ "a": action }),
+                )
+                .await;
+            let entries = body["data"]["auditLog"]["entries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if done(&entries) {
+                return entries;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the audit log of {org} never got what was expected: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A channel to this server's Flight `port`: over TLS when the server
     /// speaks it, else plaintext.
     pub async fn channel_to(&self, port: u16) -> Channel {

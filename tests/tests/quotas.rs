@@ -102,35 +102,16 @@ async fn storage_quota_and_tier_rates_are_enforced() {
     server.ingest_n(&other, 50, 9).await;
 
     // The refusal is in the org's audit log.
-    let admin = server.token("small-co", Role::Admin);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, body) = server
-            .graphql(
-                &admin,
-                "{ auditLog(action: \"quota.exceeded\") { entries { actor detail } } }",
-                json!({}),
-            )
-            .await;
-        let entries = body["data"]["auditLog"]["entries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if !entries.is_empty() {
-            assert!(
-                entries[0]["detail"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("max_storage_gb")
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "quota refusal never audited: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let entries = server
+        .audit_until("small-co", Some("quota.exceeded"), |e| !e.is_empty())
+        .await;
+    assert!(
+        entries[0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_storage_gb"),
+        "{entries:?}"
+    );
     assert!(
         server
             .metrics()

@@ -276,59 +276,13 @@ async fn refusals_over_flight_are_audited_like_http_ones() {
         .await
         .expect_err("viewer DoPut");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-    let admin = server.token("audited", Role::Admin);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let (_, body) = server
-            .graphql(
-                &admin,
-                "{ auditLog(action: \"permission.denied\") { entries { actor resource } } }",
-                json!({}),
-            )
-            .await;
-        let entries = body["data"]["auditLog"]["entries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if entries
-            .iter()
-            .any(|e| e["actor"] == "vic" && e["resource"] == "events:write")
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Flight refusal never audited: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// The audit entries of `org` with `action`, once there are `n` of them.
-async fn audited(server: &TestServer, org: &str, action: &str, n: usize) -> Vec<Value> {
-    let admin = server.token(org, Role::Admin);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, body) = server
-            .graphql(
-                &admin,
-                "query($a: String) { auditLog(action: $a) { entries { actor action resource traceId } } }",
-                json!({ "a": action }),
-            )
-            .await;
-        let entries = body["data"]["auditLog"]["entries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if entries.len() >= n {
-            return entries;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "expected {n} {action} entries: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    server
+        .audit_until("audited", Some("permission.denied"), |entries| {
+            entries
+                .iter()
+                .any(|e| e["actor"] == "vic" && e["resource"] == "events:write")
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,14 +343,18 @@ async fn audit_entries_carry_the_request_trace_id() {
         .await;
     assert_eq!(status, 200, "{body}");
 
-    let denied = audited(&server, "traced", "permission.denied", 2).await;
+    let denied = server
+        .audit_until("traced", Some("permission.denied"), |e| e.len() >= 2)
+        .await;
     let traces: Vec<&str> = denied
         .iter()
         .filter_map(|e| e["traceId"].as_str())
         .collect();
     assert!(traces.contains(&http_trace), "{denied:?}");
     assert!(traces.contains(&flight_trace), "{denied:?}");
-    let created = audited(&server, "traced", "apikey.create", 1).await;
+    let created = server
+        .audit_until("traced", Some("apikey.create"), |e| !e.is_empty())
+        .await;
     let id = created[0]["traceId"].as_str().unwrap_or_default();
     assert!(
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
