@@ -73,23 +73,7 @@ impl Verifier {
     pub fn new(config: &JwtConfig) -> Result<Self> {
         let alg = config.key_alg()?;
         let key = config.decoding_key(alg)?;
-        let mut validation = Validation::new(alg.jwt());
-        validation.leeway = config.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = true;
-        validation.set_issuer(&[&config.issuer]);
-        validation.set_audience(&[&config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                alg,
-                key,
-                validation,
-                issuer: config.issuer.clone(),
-                audience: config.audience.clone(),
-            }),
-        })
+        Ok(Self::with_key(alg, key, config))
     }
 
     /// A verifier for one server-managed Ed25519 key (SPKI PEM), with the
@@ -99,7 +83,13 @@ impl Verifier {
             key: "signing key",
             reason: format!("key {kid} is not an Ed25519 public key in PEM: {e}"),
         })?;
-        let mut validation = Validation::new(KeyAlg::EdDsa.jwt());
+        Ok(Self::with_key(KeyAlg::EdDsa, key, config))
+    }
+
+    /// `key` for `alg`, with the claims `config` requires: `exp` and `nbf`
+    /// (with its leeway), issuer, audience, and `sub`.
+    fn with_key(alg: KeyAlg, key: DecodingKey, config: &JwtConfig) -> Self {
+        let mut validation = Validation::new(alg.jwt());
         validation.leeway = config.leeway_secs;
         validation.validate_exp = true;
         validation.validate_nbf = true;
@@ -107,15 +97,15 @@ impl Verifier {
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
-                alg: KeyAlg::EdDsa,
+                alg,
                 key,
                 validation,
                 issuer: config.issuer.clone(),
                 audience: config.audience.clone(),
             }),
-        })
+        }
     }
 
     /// Verifies the value of an `Authorization` header (`None` if absent).

@@ -989,6 +989,33 @@ fn with_bearer(mut client: FlightClient, token: Option<&str>) -> FlightClient {
     client
 }
 
+/// A string column.
+pub fn utf8(values: &[&str]) -> arrow::array::ArrayRef {
+    std::sync::Arc::new(arrow::array::StringArray::from(values.to_vec()))
+}
+
+/// A record batch of named, nullable columns (as a DoPut client sends).
+pub fn batch(columns: Vec<(&str, arrow::array::ArrayRef)>) -> RecordBatch {
+    let fields: Vec<arrow::datatypes::Field> = columns
+        .iter()
+        .map(|(n, a)| arrow::datatypes::Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .expect("a valid batch")
+}
+
+/// One INSERT event for entity `entity_id`, as a DoPut batch.
+pub fn one_event_batch(entity_id: &str) -> RecordBatch {
+    batch(vec![
+        ("event_type", utf8(&["INSERT"])),
+        ("entity_type", utf8(&["order"])),
+        ("entity_id", utf8(&[entity_id])),
+    ])
+}
+
 /// Runs `honeycell check-config` on `toml` (written into `dir`, with a data
 /// dir there): whether it passed, and its stdout and stderr.
 pub fn check_config(dir: &Path, toml: &str) -> (bool, String) {

@@ -172,22 +172,7 @@ async fn keys_work_on_every_protocol_within_role_and_scopes() {
 
 /// A one-row DoPut; returns its status (expected to fail).
 async fn flight_put_one(client: &mut arrow_flight::FlightClient) -> tonic::Status {
-    use std::sync::Arc;
-
-    use arrow::array::{ArrayRef, RecordBatch, StringArray};
-    use arrow::datatypes::{Field, Schema};
-    let cols: Vec<(&str, ArrayRef)> = vec![
-        ("event_type", Arc::new(StringArray::from(vec!["INSERT"]))),
-        ("entity_type", Arc::new(StringArray::from(vec!["order"]))),
-        ("entity_id", Arc::new(StringArray::from(vec!["o-1"]))),
-    ];
-    let schema = Schema::new(
-        cols.iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    );
-    let batch = RecordBatch::try_new(Arc::new(schema), cols.into_iter().map(|(_, a)| a).collect())
-        .expect("batch");
+    let batch = one_event_batch("o-1");
     do_put_all(client, vec![batch])
         .await
         .expect_err("DoPut with a read-only key must fail")

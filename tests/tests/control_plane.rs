@@ -36,12 +36,7 @@ fn drafts(org: &str, n: i64) -> Vec<AuditDraft> {
 async fn serve_on_postgres_migrates_and_reports_the_store_in_ready() {
     let pg = TestPostgres::start();
     let url = pg.database("hc");
-    let server = TestServer::builder()
-        .cells(2)
-        .env("HONEYCELL_CONTROL__STORE", "postgres")
-        .env("HONEYCELL_CONTROL__POSTGRES_URL", &url)
-        .start()
-        .await;
+    let server = TestServer::builder().cells(2).postgres(&url).start().await;
     let ready: serde_json::Value = server
         .http()
         .get(server.url("/ready"))

@@ -398,18 +398,7 @@ async fn viewer_tokens_cannot_write() {
     if body["errors"][0]["extensions"]["code"] != "forbidden" {
         problems.push(format!("GraphQL ingestEvents as viewer: {status} {body}"));
     }
-    let cols: Vec<(&str, ArrayRef)> = vec![
-        ("event_type", Arc::new(StringArray::from(vec!["INSERT"]))),
-        ("entity_type", Arc::new(StringArray::from(vec!["order"]))),
-        ("entity_id", Arc::new(StringArray::from(vec!["x"]))),
-    ];
-    let schema = Schema::new(
-        cols.iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    );
-    let batch = RecordBatch::try_new(Arc::new(schema), cols.into_iter().map(|(_, a)| a).collect())
-        .expect("batch");
+    let batch = one_event_batch("x");
     let mut flight = server.flight(&viewer).await;
     match do_put_all(&mut flight, vec![batch]).await {
         Err(s) if s.code() == tonic::Code::PermissionDenied => {}

@@ -33,9 +33,7 @@ async fn server_with(providers: &str, postgres: Option<&str>) -> (TestServer, St
         .http_port(port)
         .toml(&format!("[oauth]\npublic_url = \"{base}\"\n{providers}"));
     if let Some(url) = postgres {
-        builder = builder
-            .env("HONEYCELL_CONTROL__STORE", "postgres")
-            .env("HONEYCELL_CONTROL__POSTGRES_URL", url);
+        builder = builder.postgres(url);
     }
     (builder.start().await, base)
 }

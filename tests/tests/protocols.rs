@@ -9,7 +9,7 @@ use arrow::array::{
     ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
     TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::DataType;
 use honeycell_auth::Role;
 use honeycell_tests::*;
 use serde_json::{Value, json};
@@ -558,22 +558,6 @@ async fn doget_continues_after_an_http_cursor() {
     let rows = Row::from_batches(&batches);
     let got: Vec<String> = rows.into_iter().map(|r| r.event_id).collect();
     assert_eq!(got, ids[20..].to_vec());
-}
-
-fn utf8(values: &[&str]) -> ArrayRef {
-    Arc::new(StringArray::from(values.to_vec()))
-}
-
-fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-        .collect();
-    RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .expect("a valid batch")
 }
 
 fn now_us() -> i64 {

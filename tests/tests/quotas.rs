@@ -33,8 +33,7 @@ async fn storage_quota_and_tier_rates_are_enforced() {
     let server = TestServer::builder()
         .cells(2)
         .toml(TIERS)
-        .env("HONEYCELL_CONTROL__STORE", "postgres")
-        .env("HONEYCELL_CONTROL__POSTGRES_URL", &url)
+        .postgres(&url)
         .start()
         .await;
     let set_tier = |org: &str, tier: &str| {

@@ -6,10 +6,6 @@
 //! status 403 and the permission named, or PERMISSION_DENIED (Flight). No
 //! identity at all is 401 / UNAUTHENTICATED everywhere.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
-use arrow::datatypes::{Field, Schema};
 use arrow_flight::Ticket;
 use honeycell_auth::Role;
 use honeycell_tests::*;
@@ -46,21 +42,6 @@ const MATRIX: [(Op, &str, bool, bool, bool); 12] = [
     (Op::UsersReadGraphql, "users:read", true, false, false),
     (Op::UsersWriteGraphql, "users:write", true, false, false),
 ];
-
-fn one_row() -> RecordBatch {
-    let cols: Vec<(&str, ArrayRef)> = vec![
-        ("event_type", Arc::new(StringArray::from(vec!["INSERT"]))),
-        ("entity_type", Arc::new(StringArray::from(vec!["order"]))),
-        ("entity_id", Arc::new(StringArray::from(vec!["o-1"]))),
-    ];
-    let schema = Schema::new(
-        cols.iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    );
-    RecordBatch::try_new(Arc::new(schema), cols.into_iter().map(|(_, a)| a).collect())
-        .expect("batch")
-}
 
 /// What happened: Ok, or the refusal's HTTP-like status and permission.
 #[derive(Debug, PartialEq)]
@@ -200,7 +181,11 @@ async fn run(server: &TestServer, op: Op, token: Option<&str>) -> Outcome {
         }
         Op::EventsWriteFlight => {
             let mut c = server.flight_at(server.ports().flight, token).await;
-            grpc_outcome(do_put_all(&mut c, vec![one_row()]).await.map(|_| ()))
+            grpc_outcome(
+                do_put_all(&mut c, vec![one_event_batch("o-1")])
+                    .await
+                    .map(|_| ()),
+            )
         }
     }
 }
@@ -272,7 +257,7 @@ async fn refusals_over_flight_are_audited_like_http_ones() {
     let server = TestServer::builder().cells(2).start().await;
     let viewer = server.token_for("audited", "vic", Role::Viewer);
     let mut c = server.flight_at(server.ports().flight, Some(&viewer)).await;
-    let refused = do_put_all(&mut c, vec![one_row()])
+    let refused = do_put_all(&mut c, vec![one_event_batch("o-1")])
         .await
         .expect_err("viewer DoPut");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
@@ -329,7 +314,7 @@ async fn audit_entries_carry_the_request_trace_id() {
         &format!("00-{flight_trace}-b7ad6b7169203331-01"),
     )
     .expect("metadata");
-    do_put_all(&mut c, vec![one_row()])
+    do_put_all(&mut c, vec![one_event_batch("o-1")])
         .await
         .expect_err("viewer DoPut");
     // GraphQL: a mutation without traceparent still gets a trace id.

@@ -263,8 +263,7 @@ async fn signing_keys_rotate_without_downtime() {
     let url = pg.database("hc");
     let server = TestServer::builder()
         .cells(2)
-        .env("HONEYCELL_CONTROL__STORE", "postgres")
-        .env("HONEYCELL_CONTROL__POSTGRES_URL", &url)
+        .postgres(&url)
         .env("HONEYCELL_CONTROL__SIGNING_KEY_RELOAD", "500ms")
         .start()
         .await;
