@@ -37,9 +37,9 @@ use honeycell_auth::{ActionSet, Credential, Quota, Role, TenantContext};
 use honeycell_types::{ErrorClass, OrgId, now_us};
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
-    OAuth2TokenResponse as _, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-    TokenResponse as _,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse as _, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, Scope, TokenResponse as _,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -336,6 +336,29 @@ impl Provider {
     }
 }
 
+/// An OIDC client as discovery leaves it: authorization and token
+/// endpoints from the document (userinfo when it names one).
+type OidcClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+impl Provider {
+    /// This provider's OIDC client over its discovery document.
+    fn oidc_client(&self, metadata: CoreProviderMetadata) -> OidcClient {
+        CoreClient::from_provider_metadata(
+            metadata,
+            self.client_id.clone(),
+            self.client_secret.clone(),
+        )
+        .set_redirect_uri(self.redirect.clone())
+    }
+}
+
 /// Who the provider says signed in.
 #[derive(Clone, Debug)]
 struct Identity {
@@ -557,12 +580,7 @@ impl OAuth {
             }
             None => {
                 let metadata = self.metadata(p, false).await?;
-                let client = CoreClient::from_provider_metadata(
-                    metadata,
-                    p.client_id.clone(),
-                    p.client_secret.clone(),
-                )
-                .set_redirect_uri(p.redirect.clone());
+                let client = p.oidc_client(metadata);
                 let (st, n) = (state.clone(), nonce.clone());
                 let mut req = client
                     .authorize_url(
@@ -695,12 +713,7 @@ impl OAuth {
         nonce: &str,
     ) -> Result<Identity> {
         let metadata = self.metadata(p, false).await?;
-        let client = CoreClient::from_provider_metadata(
-            metadata,
-            p.client_id.clone(),
-            p.client_secret.clone(),
-        )
-        .set_redirect_uri(p.redirect.clone());
+        let client = p.oidc_client(metadata);
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| {
@@ -731,11 +744,7 @@ impl OAuth {
                 // Perhaps the provider rotated its keys since we cached its
                 // JWKS: read them again, once, and retry.
                 let fresh = self.metadata(p, true).await?;
-                let client = CoreClient::from_provider_metadata(
-                    fresh,
-                    p.client_id.clone(),
-                    p.client_secret.clone(),
-                );
+                let client = p.oidc_client(fresh);
                 id_token
                     .claims(&client.id_token_verifier(), &nonce)
                     .map_err(|e| {
