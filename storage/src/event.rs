@@ -1,6 +1,7 @@
 //! The stored event schema and the two ways a batch of it is made: from typed
 //! events (HTTP JSON ingest) and from a client's Arrow batch (Flight DoPut).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -113,6 +114,19 @@ pub fn build_batch(org: &OrgId, events: &[NewEvent], now_us: i64) -> Result<Reco
     for (row, e) in events.iter().enumerate() {
         check_json("data", row, e.data.as_deref())?;
         check_json("changes", row, e.changes.as_deref())?;
+        if let Some(us) = e.occurred_at_us {
+            check_occurred_at(row, us)?;
+        }
+    }
+    if events.iter().any(|e| e.event_id.is_some()) {
+        let mut seen = HashMap::with_capacity(events.len());
+        for (row, e) in events.iter().enumerate() {
+            if let Some(id) = e.event_id
+                && let Some(first) = seen.insert(id, row)
+            {
+                return Err(duplicate_id(row, first, &id.to_string()));
+            }
+        }
     }
     let mut ids = IdGen::new();
     let mut event_id = StringBuilder::with_capacity(events.len(), events.len() * 36);
@@ -237,6 +251,16 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
         }
     }
     let event_id: StringArray = out.finish();
+    if column("event_id").is_some() {
+        let mut seen = HashMap::with_capacity(rows);
+        for (row, id) in event_id.iter().enumerate() {
+            if let Some(id) = id
+                && let Some(first) = seen.insert(id, row)
+            {
+                return Err(duplicate_id(row, first, id));
+            }
+        }
+    }
 
     if let Some(ids) = text("org_id")? {
         for (row, v) in ids.iter().enumerate() {
@@ -260,10 +284,23 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
         Some(col) => {
             let micros: ArrayRef = match col.data_type() {
                 DataType::Int64 => col.clone(),
-                DataType::Timestamp(_, _) => cast(
+                // Not `cast`: it turns a value that overflows microseconds
+                // into a null, which would then read as "now".
+                DataType::Timestamp(_, _) => arrow::compute::cast_with_options(
                     col,
                     &DataType::Timestamp(TimeUnit::Microsecond, None),
-                )?,
+                    &arrow::compute::CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| {
+                    Error::schema(
+                        "occurred_at",
+                        None,
+                        format!("does not fit in microseconds since the Unix epoch ({e})"),
+                    )
+                })?,
                 other => {
                     return Err(Error::schema(
                         "occurred_at",
@@ -286,6 +323,9 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
                     .map(|v| v.unwrap_or(now_us))
                     .collect(),
             };
+            for (row, us) in values.iter().enumerate() {
+                check_occurred_at(row, *us)?;
+            }
             TimestampMicrosecondArray::from(values)
         }
     }
@@ -317,6 +357,36 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
         or_nulls(text("trace_id")?),
     ];
     Ok(RecordBatch::try_new(event_schema(), columns)?)
+}
+
+/// The earliest `occurred_at` accepted: 0001-01-01T00:00:00Z.
+pub const MIN_OCCURRED_AT_US: i64 = -62_135_596_800_000_000;
+/// The latest `occurred_at` accepted: 9999-12-31T23:59:59.999999Z (the
+/// range RFC 3339 can write, so every stored time reads back as text and
+/// can be used as a `since`).
+pub const MAX_OCCURRED_AT_US: i64 = 253_402_300_799_999_999;
+
+fn check_occurred_at(row: usize, us: i64) -> Result<()> {
+    if (MIN_OCCURRED_AT_US..=MAX_OCCURRED_AT_US).contains(&us) {
+        return Ok(());
+    }
+    Err(Error::schema(
+        "occurred_at",
+        Some(row),
+        format!(
+            "{us} µs since the Unix epoch is outside years 1 to 9999; send microseconds (not nanoseconds) or RFC 3339 text"
+        ),
+    ))
+}
+
+fn duplicate_id(row: usize, first: usize, id: &str) -> Error {
+    Error::schema(
+        "event_id",
+        Some(row),
+        format!(
+            "{id:?} is also the event_id of event {first} in this batch; each event needs its own id"
+        ),
+    )
 }
 
 fn first_null(arr: &dyn Array) -> Option<usize> {
