@@ -152,6 +152,8 @@ pub struct Cursor(pub u64);
 
 impl Cursor {
     const PREFIX: &'static str = "hc1:";
+    /// The largest offset a cursor may name.
+    pub const MAX: u64 = i64::MAX as u64;
 
     pub fn encode(self) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
@@ -170,7 +172,12 @@ impl Cursor {
             .map_err(|_| bad())?;
         let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
         let n = text.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
-        n.parse().map(Cursor).map_err(|_| bad())
+        // Offsets count events from 0 and never come near 2^63: a larger
+        // cursor was not made by this server (and `offset + 1` would wrap).
+        match n.parse::<u64>() {
+            Ok(offset) if offset <= Self::MAX => Ok(Cursor(offset)),
+            _ => Err(bad()),
+        }
     }
 }
 
@@ -190,9 +197,9 @@ impl Scan {
         let after = after.map(|c| c.0);
         // Skip whole chunks before the cursor without looking at them.
         let next_chunk = match after {
-            Some(a) => snapshot
-                .chunks()
-                .partition_point(|c| c.first_offset + c.batch.num_rows() as u64 <= a + 1),
+            Some(a) => snapshot.chunks().partition_point(|c| {
+                c.first_offset + c.batch.num_rows() as u64 <= a.saturating_add(1)
+            }),
             None => 0,
         };
         Self {
@@ -208,7 +215,7 @@ impl Scan {
     fn matching(&self, chunk: &Chunk) -> Result<Option<(Vec<u32>, bool)>> {
         let rows = chunk.batch.num_rows() as u64;
         let skip = match self.after {
-            Some(a) if a + 1 >= chunk.first_offset + rows => return Ok(None),
+            Some(a) if a.saturating_add(1) >= chunk.first_offset + rows => return Ok(None),
             Some(a) if a >= chunk.first_offset => a + 1 - chunk.first_offset,
             _ => 0,
         } as usize;
@@ -401,4 +408,40 @@ pub fn counts(
             count,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor_of(text: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        for n in [0, 1, 41, Cursor::MAX] {
+            assert_eq!(Cursor::decode(&Cursor(n).encode()).ok(), Some(Cursor(n)));
+        }
+    }
+
+    #[test]
+    fn out_of_range_cursors_are_refused_not_wrapped() {
+        for text in [
+            "hc1:18446744073709551615",
+            "hc1:9223372036854775808",
+            "hc1:18446744073709551616",
+            "hc1:-1",
+            "hc1:",
+            "hc2:1",
+        ] {
+            assert!(
+                matches!(
+                    Cursor::decode(&cursor_of(text)),
+                    Err(Error::BadCursor { .. })
+                ),
+                "{text}"
+            );
+        }
+    }
 }

@@ -20,6 +20,9 @@ use crate::metrics;
 use crate::owner::Owner;
 use crate::{Error, Result};
 
+/// Stack of each cell thread (and shared-mode worker).
+const CELL_STACK_BYTES: usize = 8 * 1024 * 1024;
+
 /// What every cell is started with.
 #[derive(Clone, Debug)]
 pub struct CellSpec {
@@ -113,6 +116,9 @@ where
         let router = router.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cell-{i}"))
+            // Room for the bounded recursion of parsers (GraphQL, JSON at
+            // serde_json's limit of 128) with a margin; reserved, not used.
+            .stack_size(CELL_STACK_BYTES)
             .spawn(move || {
                 if let Some(core) = core
                     && !core_affinity::set_for_current(core)
@@ -258,6 +264,7 @@ where
         .name("shared-server".into())
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .thread_stack_size(CELL_STACK_BYTES)
                 .worker_threads(workers.max(1))
                 .thread_name("shared-worker")
                 .enable_all()
