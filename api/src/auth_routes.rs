@@ -81,8 +81,9 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub async fn refresh(
     State(state): State<ApiState>,
     ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
-    bytes: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    let bytes = crate::http::read_body(&state, body).await?;
     let tokens = tokens(&state)?;
     let peer = Some(addr.ip());
     if let Some(wait) = state.auth.blocked(peer) {
@@ -91,7 +92,7 @@ pub async fn refresh(
         }
         .into());
     }
-    let RefreshBody { refresh_token } = body(&bytes)?;
+    let RefreshBody { refresh_token } = self::body(&bytes)?;
     match tokens.refresh(&refresh_token).await {
         Ok((pair, old)) => {
             audit(
@@ -109,6 +110,9 @@ pub async fn refresh(
             org,
             subject,
         }) => {
+            // The login's access tokens are refused from now on: at once on
+            // this cell, within the session cache's second elsewhere.
+            state.auth.evict_session(&family);
             audit(
                 &state,
                 &org,
@@ -135,14 +139,18 @@ pub async fn refresh(
 }
 
 /// `POST /auth/logout` `{"refresh_token": "hcr_…"}`: revokes the token and
-/// every token of its login. 204 whether or not the token was known.
+/// every token of its login, access tokens included (refused with
+/// `session_revoked` within the session cache's second). 204 whether or not
+/// the token was known.
 pub async fn logout(
     State(state): State<ApiState>,
-    bytes: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    let bytes = crate::http::read_body(&state, body).await?;
     let tokens = tokens(&state)?;
-    let RefreshBody { refresh_token } = body(&bytes)?;
+    let RefreshBody { refresh_token } = self::body(&bytes)?;
     if let Some(t) = tokens.logout(&refresh_token).await? {
+        state.auth.evict_session(&t.family);
         audit(
             &state,
             &t.org,

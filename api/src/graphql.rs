@@ -7,7 +7,6 @@ use async_graphql::{
     Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, MergedObject, Object,
     Schema, SimpleObject,
 };
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -21,6 +20,7 @@ use crate::ApiState;
 use crate::error::ApiError;
 use crate::graphql_audit::AuditQueryRoot;
 use crate::graphql_edges::EventEdges;
+use crate::graphql_guard;
 use crate::graphql_keys::{ApiKeyMutation, ApiKeyQuery};
 use crate::graphql_users::{UserMutation, UserQuery};
 use crate::http::{Tenant, build_filter, page_size};
@@ -39,12 +39,33 @@ pub struct Query(QueryRoot, ApiKeyQuery, AuditQueryRoot, UserQuery);
 #[derive(MergedObject, Default)]
 pub struct Mutation(MutationRoot, ApiKeyMutation, UserMutation);
 
-/// Builds the schema (with depth and complexity limits against abuse).
-pub fn schema() -> HoneycellSchema {
+/// Builds the schema, with its limits against abuse: selection depth, and
+/// the cost of a request in rows (`http_limits.graphql_max_cost`; see
+/// `graphql_guard` for the checks made before parsing).
+pub fn schema(config: &crate::HttpConfig) -> HoneycellSchema {
+    DEFAULT_PAGE_COST.store(
+        config.default_page_size.min(config.max_page_size),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .limit_depth(12)
-        .limit_complexity(5_000)
+        .limit_complexity(config.graphql_max_cost)
         .finish()
+}
+
+/// The page size of a list field without `first`, for its cost. Cost
+/// expressions cannot see the schema's data, so the configured default is
+/// kept here when the schema is built (configuration, not state: every
+/// cell stores the same value).
+static DEFAULT_PAGE_COST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(100);
+
+/// The cost of a page field: the rows it may return plus its selection's.
+pub(crate) fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let rows = match first {
+        Some(n) => n.max(1) as usize,
+        None => DEFAULT_PAGE_COST.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    rows.saturating_add(child_complexity)
 }
 
 impl From<ApiError> for async_graphql::Error {
@@ -168,6 +189,7 @@ pub struct QueryRoot;
 #[Object]
 impl QueryRoot {
     /// The caller's events, oldest first, as a Relay-style connection.
+    #[graphql(complexity = "page_cost(first, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -328,15 +350,26 @@ impl MutationRoot {
     }
 }
 
-/// `POST /graphql`. Authentication happens before execution; a request that
-/// was refused by a limit answers 429 with `Retry-After`, as REST does.
+/// `POST /graphql`. Authentication happens before the body is read; the
+/// checks of `graphql_guard` before anything executes; a request that was
+/// refused by a limit answers 429 with `Retry-After`, as REST does.
 pub async fn graphql_handler(
     State(state): State<ApiState>,
     Tenant(tenant): Tenant,
-    req: GraphQLRequest,
+    body: axum::body::Body,
 ) -> Response {
-    let req = req.into_inner().data(tenant.clone()).data(state.clone());
+    let req = match crate::http::read_body(&state, body)
+        .await
+        .and_then(|bytes| graphql_guard::request(&state, &bytes))
+    {
+        Ok(req) => req,
+        Err(e) => return graphql_guard::error_response(e),
+    };
+    let req = req.data(tenant.clone()).data(state.clone());
     let resp = state.schema.execute(req).await;
+    if let Some(e) = graphql_guard::limit_refusal(&resp, &state) {
+        return graphql_guard::error_response(e);
+    }
     // Every refusal for lack of permission is audited, once per field.
     for e in &resp.errors {
         let ext = e.extensions.as_ref();
@@ -356,7 +389,16 @@ pub async fn graphql_handler(
                 _ => None,
             })
     });
-    let mut out = GraphQLResponse::from(resp).into_response();
+    let body = match graphql_guard::encode(&resp, state.config.graphql_max_response_bytes) {
+        Ok(body) => body,
+        Err(e) => return graphql_guard::error_response(e),
+    };
+    let mut out = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
     if let Some(secs) = retry {
         *out.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         out.headers_mut()

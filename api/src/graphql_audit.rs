@@ -61,6 +61,7 @@ pub struct AuditQueryRoot;
 impl AuditQueryRoot {
     /// The audit log of the caller's org, newest first.
     #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "first.unwrap_or(DEFAULT_PAGE).max(1) as usize + child_complexity")]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,

@@ -32,6 +32,12 @@ impl FromRequestParts<ApiState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        // Which of several credentials counts would be a guess (proxies
+        // and frameworks pick differently): refuse rather than pick.
+        let count = parts.headers.get_all(header::AUTHORIZATION).iter().count();
+        if count > 1 {
+            return Err(honeycell_auth::Error::MultipleAuthorization { count }.into());
+        }
         let header = match parts.headers.get(header::AUTHORIZATION) {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| {
@@ -109,14 +115,7 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let limit = state.config.max_body_bytes;
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            honeycell_types::ErrorClass::TooLarge,
-            "body_too_large",
-            format!("the body is larger than {limit} bytes (http_limits.max_body_bytes); send smaller batches"),
-        )
-    })?;
+    let bytes = read_body(&state, body).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -155,6 +154,19 @@ pub async fn post_events(
         .into_response())
 }
 
+/// The whole body, up to `http_limits.max_body_bytes` (every route that
+/// reads a body reads it through here).
+pub(crate) async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            honeycell_types::ErrorClass::TooLarge,
+            "body_too_large",
+            format!("the body is larger than {limit} bytes (http_limits.max_body_bytes); send less per request"),
+        )
+    })
+}
+
 /// Query string of `GET /v1/events`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,7 +176,8 @@ pub struct EventsQuery {
     entity_id: Option<String>,
     since: Option<String>,
     until: Option<String>,
-    limit: Option<usize>,
+    /// Text, so that a bad value gets our message rather than serde's.
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -222,7 +235,20 @@ pub async fn get_events(
         q.since.as_deref(),
         q.until.as_deref(),
     )?;
-    let limit = page_size(&state, q.limit)?;
+    let asked = match q.limit.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_limit",
+                format!(
+                    "limit {:?} is not a whole number; use 1 to {} (http_limits.max_page_size)",
+                    text.chars().take(32).collect::<String>(),
+                    state.config.max_page_size
+                ),
+            )
+        })?),
+    };
+    let limit = page_size(&state, asked)?;
     let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
     let snapshot = state
         .cells
@@ -386,5 +412,17 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
         honeycell_types::ErrorClass::NotFound,
         "not_found",
         format!("no route for {}; see the README for the API", uri.path()),
+    )
+}
+
+/// A known route with another method answers JSON too.
+pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        honeycell_types::ErrorClass::MethodNotAllowed,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}; see the README for the API",
+            uri.path()
+        ),
     )
 }

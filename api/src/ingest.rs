@@ -208,7 +208,7 @@ impl EventIn {
 
 /// Parses a JSON array of events.
 pub fn parse_json_array(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let value: Value = crate::strict_json::parse(body).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
     })?;
     let Value::Array(values) = value else {
@@ -237,7 +237,7 @@ pub fn parse_ndjson(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, Api
         .enumerate()
     {
         check_count(i + 1, max_events)?;
-        let v: Value = serde_json::from_slice(line).map_err(|e| {
+        let v: Value = crate::strict_json::parse(line).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
                 format!("line {} (event {i}) is not valid JSON: {e}", i + 1),

@@ -15,12 +15,14 @@ use error::ApiError;
 pub mod graphql;
 mod graphql_audit;
 mod graphql_edges;
+mod graphql_guard;
 mod graphql_keys;
 mod graphql_users;
 pub mod http;
 pub mod ingest;
 pub mod json;
 pub mod oauth_routes;
+pub mod strict_json;
 
 use std::sync::Arc;
 
@@ -41,6 +43,18 @@ pub struct HttpConfig {
     pub default_page_size: usize,
     /// Largest page a client may ask for.
     pub max_page_size: usize,
+    /// Most rows one GraphQL request may ask for: every `events` (and
+    /// `auditLog`) field counts its `first` (default: the default page
+    /// size), aliases and fragments add up, each other field counts 1.
+    /// Checked before anything runs.
+    pub graphql_max_cost: usize,
+    /// Deepest nesting of `{`, `[` and `(` in a GraphQL document (selection
+    /// sets, arguments, list and object values), checked on the text
+    /// before it is parsed.
+    pub graphql_max_nesting: usize,
+    /// Largest GraphQL answer; a bigger one is refused with
+    /// `response_too_large` instead of being sent.
+    pub graphql_max_response_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +64,9 @@ impl Default for HttpConfig {
             max_batch_events: 10_000,
             default_page_size: 100,
             max_page_size: 10_000,
+            graphql_max_cost: 20_000,
+            graphql_max_nesting: 32,
+            graphql_max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -59,6 +76,18 @@ impl HttpConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes < 1024 {
             return Err("http_limits.max_body_bytes must be at least 1024".into());
+        }
+        if self.graphql_max_cost < self.max_page_size {
+            return Err(format!(
+                "http_limits.graphql_max_cost ({}) must be at least http_limits.max_page_size ({}), or a full page could never be asked for",
+                self.graphql_max_cost, self.max_page_size
+            ));
+        }
+        if !(8..=256).contains(&self.graphql_max_nesting) {
+            return Err("http_limits.graphql_max_nesting must be from 8 to 256".into());
+        }
+        if self.graphql_max_response_bytes < 64 * 1024 {
+            return Err("http_limits.graphql_max_response_bytes must be at least 65536".into());
         }
         if self.max_batch_events == 0 || self.max_page_size == 0 || self.default_page_size == 0 {
             return Err("http_limits.max_batch_events, http_limits.max_page_size and http_limits.default_page_size must be at least 1".into());
@@ -97,8 +126,8 @@ impl ApiState {
             control: auth.store().clone(),
             auth,
             audit,
+            schema: graphql::schema(&config),
             config,
-            schema: graphql::schema(),
             oauth: None,
             redis: None,
         }
@@ -191,58 +220,117 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/metrics", get(http::metrics_text))
         .fallback(http::not_found)
-        // The body limit is enforced by the handlers with a JSON error; the
-        // default axum limit would answer plain text first.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .method_not_allowed_fallback(http::method_not_allowed)
+        // Handlers read bodies through `http::read_body`, which answers a
+        // JSON error at `max_body_bytes`; axum's own limit (plain text) is
+        // set to the same size as a net for any extractor that reads one.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_body_bytes,
+        ))
         .layer(axum::middleware::from_fn(http::trace_scope))
         .layer(axum::middleware::from_fn(http::record_metrics))
         .with_state(state)
 }
 
-/// Serves HTTP on `listener` until `shutdown`, then drains open requests.
+/// Serves HTTP (HTTP/1.1 and HTTP/2, over TLS when configured) on
+/// `listener` until `shutdown`, then stops accepting and drains open
+/// requests. `connections` (the cell's, shared with its Flight listeners)
+/// accepts, limits and closes connections idle for
+/// `connections.idle_timeout`; hyper enforces `header_read_timeout` on
+/// HTTP/1 and pings HTTP/2 clients every `http2_keepalive_interval`.
 pub async fn serve(
     listener: std::net::TcpListener,
-    tls: Option<std::sync::Arc<honeycell_tls::Tls>>,
+    connections: honeycell_tls::conn::Connections,
     state: ApiState,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.wait())
-                .await
-        }
-        Some(tls) => {
-            use axum::serve::ListenerExt as _;
-            let incoming = honeycell_tls::incoming(listener, tls, honeycell_tls::Endpoint::Http)?;
-            // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for a
-            // listener of our own (the peer address feeds brute-force limits).
-            axum::serve(TlsListener(incoming).tap_io(|_| {}), app)
-                .with_graceful_shutdown(shutdown.wait())
-                .await
-        }
+    let mut incoming = connections.incoming(listener, honeycell_tls::Endpoint::Http)?;
+    let limits = connections.config();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
+    let app = router(state);
+    // Each connection holds a receiver; `true` asks it to finish its
+    // requests and close, and the sender sees when all have.
+    let (draining, drain) = tokio::sync::watch::channel(false);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        let conn = tokio::select! {
+            () = &mut stop => break,
+            conn = incoming.next() => match conn {
+                Some(conn) => conn,
+                // The accept loop ended (only when `incoming` is dropped):
+                // stop on the shutdown signal, not here.
+                None => {
+                    (&mut stop).await;
+                    break;
+                }
+            },
+        };
+        tokio::spawn(serve_connection(
+            conn,
+            builder.clone(),
+            app.clone(),
+            drain.clone(),
+        ));
     }
+    // Closes the listener; then every open connection drains.
+    drop(incoming);
+    drop(drain);
+    let _ = draining.send(true);
+    draining.closed().await;
+    Ok(())
 }
 
-/// Finished TLS connections as an axum listener.
-struct TlsListener(honeycell_tls::Incoming);
-
-impl axum::serve::Listener for TlsListener {
-    type Io = honeycell_tls::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.0.next().await {
-            Some(conn) => conn,
-            // The accept loop ended (only when this listener is dropped);
-            // axum stops on its shutdown signal, not here.
-            None => std::future::pending().await,
+/// Serves one connection until it closes, or until `drain` says to finish
+/// its requests. Each request counts as in flight (for the idle timeout)
+/// until its response body is sent, and carries axum's
+/// `ConnectInfo<SocketAddr>` (the peer address feeds brute-force limits).
+async fn serve_connection(
+    conn: honeycell_tls::conn::Conn,
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    app: Router,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let peer = conn.peer_addr();
+    let activity = conn.activity().clone();
+    let service =
+        hyper::service::service_fn(move |mut request: ::http::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let in_flight = Some(activity.request());
+            let app = app.clone();
+            async move {
+                let response = tower::ServiceExt::oneshot(app, request).await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| honeycell_tls::conn::Tracked::new(body, in_flight)),
+                )
+            }
+        });
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+    tokio::pin!(connection);
+    let draining = async move {
+        let _ = drain.wait_for(|d| *d).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = draining => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.0.local_addr())
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }

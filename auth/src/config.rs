@@ -18,6 +18,11 @@ pub(crate) const MIN_SECRET_BYTES: usize = 32;
 /// Clock skew beyond this means a broken clock, not skew; it also keeps
 /// `now ± leeway` far from integer overflow inside `jsonwebtoken`.
 pub(crate) const MAX_LEEWAY_SECS: u64 = 600;
+/// The default `jwt.max_lifetime`.
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The most `jwt.max_lifetime` may be: a credential meant to live longer
+/// belongs in an API key, which can be revoked.
+const MAX_MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 const MIN_RSA_BITS: usize = 2048;
 
 /// The `[jwt]` section of the server configuration.
@@ -45,8 +50,23 @@ pub struct JwtConfig {
     pub issuer: String,
     /// Expected and minted `aud`.
     pub audience: String,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 600).
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds (at most 600).
     pub leeway_secs: u64,
+    /// The longest a token may live (`"24h"` by default, at most a year):
+    /// tokens whose `exp` is further than this from now, or from their
+    /// `iat`, are refused, and `honeycell token --ttl` mints none longer.
+    #[serde(deserialize_with = "duration")]
+    pub max_lifetime: Duration,
+}
+
+/// A humantime duration (`"24h"`, `"90m"`), read when the config is.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); use one such as 24h or 90m"
+        ))
+    })
 }
 
 impl Default for JwtConfig {
@@ -61,6 +81,7 @@ impl Default for JwtConfig {
             issuer: "honeycell".to_owned(),
             audience: "honeycell".to_owned(),
             leeway_secs: 30,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
     }
 }
@@ -78,6 +99,10 @@ impl fmt::Debug for JwtConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway_secs", &self.leeway_secs)
+            .field(
+                "max_lifetime",
+                &humantime::format_duration(self.max_lifetime).to_string(),
+            )
             .finish()
     }
 }
@@ -178,6 +203,15 @@ impl JwtConfig {
                 format!(
                     "{} s is more than the {MAX_LEEWAY_SECS} s allowed; fix the clocks instead (default 30)",
                     self.leeway_secs
+                ),
+            ));
+        }
+        if self.max_lifetime < Duration::from_secs(1) || self.max_lifetime > MAX_MAX_LIFETIME {
+            return Err(config_err(
+                "jwt.max_lifetime",
+                format!(
+                    "{} is outside 1s..366d; tokens meant to live longer than a year belong in API keys (default 24h)",
+                    humantime::format_duration(self.max_lifetime)
                 ),
             ));
         }

@@ -30,6 +30,9 @@ pub struct Quota {
     pub max_qps: Option<u32>,
     /// Operations of the org in flight at once, per cell (429 beyond).
     pub max_concurrent: Option<u32>,
+    /// Flight SQL queries of the org running at once (RESOURCE_EXHAUSTED
+    /// beyond); `None`: the server's default per org.
+    pub max_queries: Option<u32>,
 }
 
 /// The kind of credential a request presented. API keys and OAuth-issued
@@ -45,6 +48,9 @@ pub enum Credential {
         expires_at: u64,
         /// The `jti` claim, for revocation lists and audit.
         token_id: Option<String>,
+        /// The `sid` claim: the login (refresh-token family) a token the
+        /// server issued belongs to; revoking the login refuses the token.
+        session_id: Option<String>,
         /// The `scope` claim (all actions when absent).
         scopes: ActionSet,
     },

@@ -10,6 +10,14 @@ pub enum Error {
     #[error("missing Authorization header; send `Authorization: Bearer <token>`")]
     MissingToken,
 
+    /// More than one `Authorization` header (HTTP) or `authorization`
+    /// metadata entry (gRPC): which one counts would be a guess, and proxies
+    /// and servers guess differently.
+    #[error(
+        "the request carries {count} Authorization headers; send exactly one `Authorization: Bearer <token>`"
+    )]
+    MultipleAuthorization { count: usize },
+
     #[error(
         "the Authorization header does not use the Bearer scheme; send `Authorization: Bearer <token>`"
     )]
@@ -36,8 +44,21 @@ pub enum Error {
     #[error("token has expired; request a new token")]
     Expired,
 
-    #[error("token is not valid yet (`nbf` is in the future); check the issuer's clock or wait")]
-    NotYetValid,
+    /// `claim` (`nbf`, or `iat`: issued in the future) is later than now
+    /// plus the leeway.
+    #[error(
+        "token is not valid yet (`{claim}` is in the future, beyond the {leeway_secs} s clock leeway); check the issuer's clock or wait"
+    )]
+    NotYetValid {
+        claim: &'static str,
+        leeway_secs: u64,
+    },
+
+    /// `exp` is further from now (or from `iat`) than `jwt.max_lifetime`.
+    #[error(
+        "token lives too long: its `exp` is more than jwt.max_lifetime ({max}) after {from}; request a token with a shorter lifetime"
+    )]
+    LifetimeTooLong { max: String, from: &'static str },
 
     #[error("token issuer (`iss`) is not accepted; this server expects \"{expected}\"")]
     WrongIssuer { expected: String },
@@ -48,7 +69,10 @@ pub enum Error {
     #[error("token claim `{claim}` is invalid: {reason}")]
     InvalidClaim { claim: &'static str, reason: String },
 
-    #[error("unknown role {got:?}; expected one of {allowed}", allowed = Role::ALLOWED)]
+    #[error(
+        "unknown role {got:?}; expected one of {allowed} (exactly, in lower case)",
+        allowed = Role::ALLOWED
+    )]
     UnknownRole { got: String },
 
     #[error("invalid token lifetime {got:?}: {reason}; use a duration such as 30s, 15m or 1h")]
@@ -83,6 +107,14 @@ pub enum Error {
     #[error("unknown or revoked refresh token; sign in again")]
     BadRefreshToken,
 
+    /// An access token whose login (refresh-token family, `sid`) was
+    /// revoked: by a logout, or because a used refresh token was presented
+    /// again.
+    #[error(
+        "the login this token belongs to was revoked (logged out, or its refresh token was used twice); sign in again"
+    )]
+    SessionRevoked,
+
     #[error("this refresh token has expired; sign in again")]
     RefreshExpired,
 
@@ -111,13 +143,15 @@ impl Error {
                 ErrorClass::BadRequest
             }
             Error::MissingToken
+            | Error::MultipleAuthorization { .. }
             | Error::NotBearer
             | Error::Malformed { .. }
             | Error::AlgNone
             | Error::AlgorithmNotAllowed { .. }
             | Error::BadSignature
             | Error::Expired
-            | Error::NotYetValid
+            | Error::NotYetValid { .. }
+            | Error::LifetimeTooLong { .. }
             | Error::WrongIssuer { .. }
             | Error::WrongAudience { .. }
             | Error::InvalidClaim { .. }
@@ -127,6 +161,7 @@ impl Error {
             | Error::ApiKeyExpired
             | Error::BadRefreshToken
             | Error::RefreshExpired
+            | Error::SessionRevoked
             | Error::NoLongerMember => ErrorClass::Unauthenticated,
             Error::TooManyFailures { retry_after_secs } => ErrorClass::Overloaded {
                 retry_after: std::time::Duration::from_secs(*retry_after_secs),
@@ -157,13 +192,15 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::MissingToken => "missing_token",
+            Error::MultipleAuthorization { .. } => "multiple_authorization_headers",
             Error::NotBearer => "not_bearer",
             Error::Malformed { .. } => "malformed_token",
             Error::AlgNone => "alg_none",
             Error::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
             Error::BadSignature => "bad_signature",
             Error::Expired => "token_expired",
-            Error::NotYetValid => "token_not_yet_valid",
+            Error::NotYetValid { .. } => "token_not_yet_valid",
+            Error::LifetimeTooLong { .. } => "token_exceeds_max_lifetime",
             Error::WrongIssuer { .. } => "wrong_issuer",
             Error::WrongAudience { .. } => "wrong_audience",
             Error::InvalidClaim { .. } => "invalid_claim",
@@ -179,6 +216,7 @@ impl Error {
             Error::TooManyFailures { .. } => "too_many_failed_attempts",
             Error::BadRefreshToken => "bad_refresh_token",
             Error::RefreshExpired => "refresh_token_expired",
+            Error::SessionRevoked => "session_revoked",
             Error::NoLongerMember => "membership_revoked",
         }
     }

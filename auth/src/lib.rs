@@ -4,9 +4,10 @@
 //!
 //! Every API call carries `Authorization: Bearer <JWT>`. [`Verifier`] checks
 //! the algorithm against the one configured (refusing `alg: none` and
-//! algorithm confusion before any key is used), the signature, `exp`/`nbf`
-//! with a small leeway, `iss` and `aud`; the tenant, subject and role then
-//! come only from the verified claims. Verification is stateless and the
+//! algorithm confusion before any key is used), the signature, `iss` and
+//! `aud`, then `exp`/`nbf`/`iat` with a small leeway and no more than
+//! `jwt.max_lifetime` ahead; the tenant, subject and role (exact, lower-case
+//! names) then come only from the verified claims. Verification is stateless and the
 //! `Verifier` is an immutable `Arc`, so each cell verifies where a request
 //! lands. [`Signer`] mints tokens for `honeycell token` and for tests.
 //! Errors carry a client-facing message, a stable [`Error::code`] and an

@@ -109,12 +109,18 @@ mod tests {
                 "alice",
                 Role::Operator,
                 &["events:read".into()],
+                Some("login-1"),
                 Duration::from_secs(60),
             )
             .unwrap();
         assert_eq!(peek_kid(&token).as_deref(), Some("k1"));
         let ctx = verifier.verify(&token).unwrap();
         assert_eq!(ctx.org, org);
+        assert!(
+            matches!(&ctx.credential, crate::Credential::Jwt { session_id: Some(s), .. } if s == "login-1"),
+            "the session id travels as `sid`: {:?}",
+            ctx.credential
+        );
         assert!(ctx.permits(crate::Action::READ_EVENTS));
         assert!(
             !ctx.permits(crate::Action::WRITE_EVENTS),

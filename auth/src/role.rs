@@ -187,13 +187,17 @@ impl Role {
     }
 }
 
+/// Exact, lower-case names only: `ADMIN` or `Admin` is refused rather than
+/// read as `admin`, so that every spelling of a role in a claim, a record
+/// or a flag is the one that [`Role::as_str`] writes (GraphQL's enum values,
+/// `ADMIN`, are a separate type in `api`).
 impl FromStr for Role {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Role::ALL
             .into_iter()
-            .find(|role| role.as_str().eq_ignore_ascii_case(s))
+            .find(|role| role.as_str() == s)
             .ok_or_else(|| Error::UnknownRole { got: s.to_owned() })
     }
 }

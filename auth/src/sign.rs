@@ -25,6 +25,8 @@ struct Inner {
     header: Header,
     issuer: String,
     audience: String,
+    /// `jwt.max_lifetime`: no token minted here lives longer.
+    max_lifetime: Duration,
 }
 
 impl fmt::Debug for Signer {
@@ -49,6 +51,10 @@ struct MintedClaims<'a> {
     iss: &'a str,
     aud: &'a str,
     jti: String,
+    /// The login (refresh-token family) an access token was issued for, as
+    /// OIDC's session id: revoking the login refuses the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
     /// Space-separated permissions that narrow `role` (RFC 8693 `scope`);
     /// absent: everything the role permits.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +75,7 @@ impl Signer {
                 header,
                 issuer: config.issuer.clone(),
                 audience: config.audience.clone(),
+                max_lifetime: config.max_lifetime,
             }),
         })
     }
@@ -89,6 +96,7 @@ impl Signer {
                 header,
                 issuer: config.issuer.clone(),
                 audience: config.audience.clone(),
+                max_lifetime: config.max_lifetime,
             }),
         })
     }
@@ -99,19 +107,21 @@ impl Signer {
     }
 
     /// A token for `subject` in `org` with `role`, valid from now for `ttl`
-    /// (whole seconds, at least one).
+    /// (whole seconds, at least one, at most `jwt.max_lifetime`).
     pub fn mint(&self, org: &OrgId, subject: &str, role: Role, ttl: Duration) -> Result<String> {
-        self.mint_scoped(org, subject, role, &[], ttl)
+        self.mint_scoped(org, subject, role, &[], None, ttl)
     }
 
     /// Like [`Signer::mint`], with `scope` narrowing the role (an empty list
-    /// writes no `scope` claim).
+    /// writes no `scope` claim) and `session` written as `sid` (the login
+    /// the token belongs to, for the server's own access tokens).
     pub fn mint_scoped(
         &self,
         org: &OrgId,
         subject: &str,
         role: Role,
         scopes: &[String],
+        session: Option<&str>,
         ttl: Duration,
     ) -> Result<String> {
         check_subject(subject).map_err(|reason| Error::InvalidClaim {
@@ -121,13 +131,23 @@ impl Signer {
         let ttl_secs = ttl.as_secs();
         if ttl_secs == 0 {
             return Err(Error::InvalidTtl {
-                got: format!("{ttl:?}"),
+                got: humantime::format_duration(ttl).to_string(),
                 reason: "must be at least 1s".to_owned(),
+            });
+        }
+        if ttl > self.inner.max_lifetime {
+            return Err(Error::InvalidTtl {
+                got: humantime::format_duration(ttl).to_string(),
+                reason: format!(
+                    "is longer than jwt.max_lifetime ({}), so the token would be refused; \
+                     use a shorter lifetime (an API key for a long-lived credential) or raise jwt.max_lifetime",
+                    humantime::format_duration(self.inner.max_lifetime)
+                ),
             });
         }
         let now = unix_now();
         let exp = now.checked_add(ttl_secs).ok_or_else(|| Error::InvalidTtl {
-            got: format!("{ttl:?}"),
+            got: humantime::format_duration(ttl).to_string(),
             reason: "is too long".to_owned(),
         })?;
         let claims = MintedClaims {
@@ -139,6 +159,7 @@ impl Signer {
             iss: &self.inner.issuer,
             aud: &self.inner.audience,
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            sid: session,
             scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
         };
         jsonwebtoken::encode(&self.inner.header, &claims, &self.inner.key).map_err(|e| {
@@ -165,7 +186,7 @@ pub fn parse_ttl(s: &str) -> Result<Duration> {
     Ok(ttl)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     // A clock before 1970 is broken; the token then simply expires early.
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -369,7 +369,166 @@ fn not_yet_valid() {
     let mut c = claims();
     c["nbf"] = json!(now() + 3600);
     let result = verifier(&hs256()).verify(&hs256_token(&c));
-    assert!(matches!(result, Err(Error::NotYetValid)), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::NotYetValid { claim: "nbf", .. })),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn negative_and_fractional_exp() {
+    let v = verifier(&hs256());
+    for exp in [json!(-1), json!(-1e12), json!(0), json!(0.5)] {
+        let mut c = claims();
+        c["exp"] = exp.clone();
+        let result = v.verify(&hs256_token(&c));
+        assert!(
+            matches!(result, Err(Error::Expired)),
+            "exp {exp}: {result:?}"
+        );
+    }
+    // RFC 7519 NumericDate may be fractional.
+    let mut c = claims();
+    c["exp"] = json!(now() as f64 + 600.25);
+    let ctx = v.verify(&hs256_token(&c)).expect("fractional exp");
+    let Credential::Jwt { expires_at, .. } = ctx.credential else {
+        panic!("a JWT credential");
+    };
+    assert!(expires_at.abs_diff(now() + 600) <= 2);
+    for (claim, bad) in [
+        ("exp", json!("1999999999")),
+        ("exp", json!(true)),
+        ("nbf", json!("soon")),
+        ("iat", json!([1])),
+    ] {
+        let mut c = claims();
+        c[claim] = bad;
+        assert_invalid_claim(v.verify(&hs256_token(&c)), claim);
+    }
+}
+
+#[test]
+fn issued_in_the_future_is_refused_beyond_the_leeway() {
+    let v = verifier(&hs256());
+    let mut c = claims();
+    c["iat"] = json!(now() + 3600);
+    c["exp"] = json!(now() + 7200);
+    match v.verify(&hs256_token(&c)) {
+        Err(e @ Error::NotYetValid { claim: "iat", .. }) => {
+            assert_eq!(e.code(), "token_not_yet_valid");
+            assert!(e.to_string().contains("`iat`"), "{e}");
+        }
+        other => panic!("expected NotYetValid iat, got {other:?}"),
+    }
+    // A clock a few seconds ahead is skew, inside the 30 s leeway.
+    c["iat"] = json!(now() + 10);
+    c["exp"] = json!(now() + 600);
+    v.verify(&hs256_token(&c)).expect("iat within the leeway");
+}
+
+#[test]
+fn tokens_living_longer_than_max_lifetime_are_refused() {
+    let v = verifier(&hs256());
+    let year = 365 * 24 * 3600;
+    // A hundred years ahead (with or without `iat`).
+    for with_iat in [true, false] {
+        let mut c = claims();
+        c["exp"] = json!(now() + 100 * year);
+        if !with_iat {
+            c.as_object_mut().expect("object").remove("iat");
+        }
+        match v.verify(&hs256_token(&c)) {
+            Err(e @ Error::LifetimeTooLong { .. }) => {
+                assert_eq!(e.code(), "token_exceeds_max_lifetime");
+                assert_eq!(e.class(), ErrorClass::Unauthenticated);
+                let text = e.to_string();
+                assert!(text.contains("jwt.max_lifetime (1day)"), "{text}");
+            }
+            other => panic!("expected LifetimeTooLong, got {other:?}"),
+        }
+    }
+    // Astronomically far: still a clean refusal.
+    let mut c = claims();
+    c["exp"] = json!(1e300);
+    assert!(matches!(
+        v.verify(&hs256_token(&c)),
+        Err(Error::LifetimeTooLong { .. })
+    ));
+    // Ending within the day, but issued 25 h before it ends.
+    let mut c = claims();
+    c["iat"] = json!(now() - 2 * 3600);
+    c["exp"] = json!(now() + 23 * 3600);
+    match v.verify(&hs256_token(&c)) {
+        Err(e @ Error::LifetimeTooLong { .. }) => assert!(e.to_string().contains("`iat`"), "{e}"),
+        other => panic!("expected LifetimeTooLong from iat, got {other:?}"),
+    }
+    // Exactly the maximum is fine, as is a longer maximum.
+    let mut c = claims();
+    c["exp"] = json!(now() + 24 * 3600);
+    v.verify(&hs256_token(&c))
+        .expect("24 h is the default maximum");
+    c["exp"] = json!(now() + 48 * 3600);
+    let longer = JwtConfig {
+        max_lifetime: Duration::from_secs(48 * 3600),
+        ..hs256()
+    };
+    verifier(&longer)
+        .verify(&hs256_token(&c))
+        .expect("48 h under a 48 h maximum");
+}
+
+#[test]
+fn signer_refuses_lifetimes_beyond_max_lifetime() {
+    let signer = Signer::new(&hs256()).expect("signer");
+    let err = signer
+        .mint(
+            &org("acme"),
+            "alice",
+            Role::Viewer,
+            Duration::from_secs(25 * 3600),
+        )
+        .expect_err("25 h > 24 h");
+    assert!(matches!(err, Error::InvalidTtl { .. }), "{err:?}");
+    assert!(err.to_string().contains("jwt.max_lifetime (1day)"), "{err}");
+    let token = signer
+        .mint(
+            &org("acme"),
+            "alice",
+            Role::Viewer,
+            Duration::from_secs(24 * 3600),
+        )
+        .expect("exactly the maximum");
+    verifier(&hs256()).verify(&token).expect("verifies");
+}
+
+#[test]
+fn session_id_claim() {
+    let signer = Signer::new(&hs256()).expect("signer");
+    let v = verifier(&hs256());
+    let token = signer
+        .mint_scoped(
+            &org("acme"),
+            "alice",
+            Role::Viewer,
+            &[],
+            Some("family-1"),
+            Duration::from_secs(60),
+        )
+        .expect("mints");
+    let Credential::Jwt { session_id, .. } = v.verify(&token).expect("verifies").credential else {
+        panic!("a JWT credential");
+    };
+    assert_eq!(session_id.as_deref(), Some("family-1"));
+    let plain = signer
+        .mint(&org("acme"), "alice", Role::Viewer, Duration::from_secs(60))
+        .expect("mints");
+    let Credential::Jwt { session_id, .. } = v.verify(&plain).expect("verifies").credential else {
+        panic!("a JWT credential");
+    };
+    assert_eq!(session_id, None, "no sid unless asked for");
+    let mut c = claims();
+    c["sid"] = json!(42);
+    assert_invalid_claim(v.verify(&hs256_token(&c)), "sid");
 }
 
 #[test]
@@ -423,11 +582,22 @@ fn unknown_role() {
         }
         other => panic!("expected InvalidClaim role, got {other:?}"),
     }
-    c["role"] = json!("VIEWER");
-    let ctx = v
-        .verify(&hs256_token(&c))
-        .expect("roles are case-insensitive");
-    assert_eq!(ctx.role, Role::Viewer);
+    // Roles are exact: no other spelling of `admin` is `admin`.
+    for spelling in ["ADMIN", "Admin", " admin", "admin "] {
+        c["role"] = json!(spelling);
+        match v.verify(&hs256_token(&c)) {
+            Err(e @ Error::InvalidClaim { claim: "role", .. }) => {
+                assert!(e.to_string().contains(&format!("{spelling:?}")), "{e}");
+                assert!(e.to_string().contains("lower case"), "{e}");
+            }
+            other => panic!("{spelling:?}: expected InvalidClaim role, got {other:?}"),
+        }
+    }
+    c["role"] = json!("viewer");
+    assert_eq!(
+        v.verify(&hs256_token(&c)).expect("viewer").role,
+        Role::Viewer
+    );
 }
 
 #[test]
@@ -469,11 +639,13 @@ fn role_parsing_and_permissions() {
         assert_eq!(role.to_string(), role.as_str());
         assert!(role.permits(Action::READ_EVENTS));
     }
-    assert_eq!("Operator".parse::<Role>().expect("parses"), Role::Operator);
+    for other in ["Operator", "OPERATOR", "operator\n", ""] {
+        assert!(other.parse::<Role>().is_err(), "{other:?} is not a role");
+    }
     let err = "root".parse::<Role>().expect_err("unknown");
     assert_eq!(
         err.to_string(),
-        "unknown role \"root\"; expected one of admin, operator, viewer"
+        "unknown role \"root\"; expected one of admin, operator, viewer (exactly, in lower case)"
     );
     assert_eq!(
         Role::ALLOWED,
@@ -569,9 +741,16 @@ fn config_defaults_and_valid_configs() {
             d.algorithm.as_str(),
             d.issuer.as_str(),
             d.audience.as_str(),
-            d.leeway_secs
+            d.leeway_secs,
+            d.max_lifetime
         ),
-        ("HS256", "honeycell", "honeycell", 30)
+        (
+            "HS256",
+            "honeycell",
+            "honeycell",
+            30,
+            Duration::from_secs(24 * 3600)
+        )
     );
     for config in [hs256(), rs256(), eddsa()] {
         config.validate().expect("valid config");
@@ -599,6 +778,11 @@ fn config_deserializes_with_defaults_and_refuses_typos() {
     assert_eq!(config.issuer, "honeycell");
     assert_eq!(config.leeway_secs, 5);
     assert!(serde_json::from_value::<JwtConfig>(json!({"secert": "x"})).is_err());
+    let config: JwtConfig = serde_json::from_value(json!({"max_lifetime": "90m"})).expect("parses");
+    assert_eq!(config.max_lifetime, Duration::from_secs(90 * 60));
+    let err = serde_json::from_value::<JwtConfig>(json!({"max_lifetime": "forever"}))
+        .expect_err("not a duration");
+    assert!(err.to_string().contains("24h"), "{err}");
 }
 
 #[test]
@@ -738,6 +922,20 @@ fn config_key_file_problems_name_the_key() {
         ),
         (
             JwtConfig {
+                max_lifetime: Duration::ZERO,
+                ..hs256()
+            },
+            "jwt.max_lifetime",
+        ),
+        (
+            JwtConfig {
+                max_lifetime: Duration::from_secs(400 * 24 * 3600),
+                ..hs256()
+            },
+            "jwt.max_lifetime",
+        ),
+        (
+            JwtConfig {
                 issuer: String::new(),
                 ..hs256()
             },
@@ -767,6 +965,7 @@ fn config_debug_redacts_the_secret() {
 fn error_codes_are_stable_and_classified() {
     let errors = [
         Error::MissingToken,
+        Error::MultipleAuthorization { count: 2 },
         Error::NotBearer,
         Error::Malformed { reason: "x" },
         Error::AlgNone,
@@ -776,7 +975,15 @@ fn error_codes_are_stable_and_classified() {
         },
         Error::BadSignature,
         Error::Expired,
-        Error::NotYetValid,
+        Error::NotYetValid {
+            claim: "iat",
+            leeway_secs: 30,
+        },
+        Error::LifetimeTooLong {
+            max: "1day".to_owned(),
+            from: "now",
+        },
+        Error::SessionRevoked,
         Error::WrongIssuer {
             expected: "honeycell".to_owned(),
         },

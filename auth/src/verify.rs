@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,6 +14,7 @@ use crate::config::{JwtConfig, KeyAlg};
 use crate::context::{Credential, TenantContext, check_subject};
 use crate::error::{Error, Result};
 use crate::role::{ActionSet, Role};
+use crate::sign::unix_now;
 
 /// Longest token accepted. Ours are a few hundred bytes; the bound keeps the
 /// work done on hostile input small before any signature is checked.
@@ -33,6 +35,8 @@ struct Inner {
     validation: Validation,
     issuer: String,
     audience: String,
+    leeway_secs: u64,
+    max_lifetime: Duration,
 }
 
 impl fmt::Debug for Verifier {
@@ -56,14 +60,18 @@ struct RawHeader {
 }
 
 /// Claims as they arrive, loosely typed so that each problem gets its own
-/// message; `exp`, `nbf`, `iss`, `aud` are checked by `jsonwebtoken`.
+/// message; `iss` and `aud` are checked by `jsonwebtoken`, the times by
+/// [`Verifier::check_times`].
 #[derive(Deserialize)]
 struct RawClaims {
     sub: Option<Value>,
     org: Option<Value>,
     role: Option<Value>,
     exp: Option<Value>,
+    nbf: Option<Value>,
+    iat: Option<Value>,
     jti: Option<Value>,
+    sid: Option<Value>,
     scope: Option<Value>,
 }
 
@@ -86,17 +94,20 @@ impl Verifier {
         Ok(Self::with_key(KeyAlg::EdDsa, key, config))
     }
 
-    /// `key` for `alg`, with the claims `config` requires: `exp` and `nbf`
-    /// (with its leeway), issuer, audience, and `sub`.
+    /// `key` for `alg`, with the claims `config` requires: issuer,
+    /// audience and `sub` checked by `jsonwebtoken`; `exp`, `nbf` and `iat`
+    /// (with the leeway and `max_lifetime`) by [`Verifier::check_times`],
+    /// because `jsonwebtoken` reads them as unsigned integers (`exp: -1`
+    /// would be "missing", not expired) and knows no maximum lifetime.
     fn with_key(alg: KeyAlg, key: DecodingKey, config: &JwtConfig) -> Self {
         let mut validation = Validation::new(alg.jwt());
         validation.leeway = config.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = true;
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(&["iss", "aud", "sub"]);
         Self {
             inner: Arc::new(Inner {
                 alg,
@@ -104,6 +115,8 @@ impl Verifier {
                 validation,
                 issuer: config.issuer.clone(),
                 audience: config.audience.clone(),
+                leeway_secs: config.leeway_secs,
+                max_lifetime: config.max_lifetime,
             }),
         }
     }
@@ -142,6 +155,7 @@ impl Verifier {
             jsonwebtoken::decode::<RawClaims>(token, &self.inner.key, &self.inner.validation)
                 .map_err(|e| self.map_decode_error(e.into_kind()))?;
         let claims = data.claims;
+        let expires_at = self.check_times(&claims, unix_now())?;
 
         let org = string_claim("org", claims.org)?;
         let org = OrgId::new(org).map_err(|e| Error::InvalidClaim {
@@ -159,29 +173,8 @@ impl Verifier {
                 claim: "role",
                 reason: e.to_string(),
             })?;
-        let token_id = match claims.jti {
-            None | Some(Value::Null) => None,
-            Some(Value::String(jti)) => Some(jti),
-            Some(_) => {
-                return Err(Error::InvalidClaim {
-                    claim: "jti",
-                    reason: "must be a string".to_owned(),
-                });
-            }
-        };
-        // `jsonwebtoken` has already checked that `exp` is a non-negative
-        // number and not in the past; it accepts floats, so do we.
-        let expires_at = claims
-            .exp
-            .as_ref()
-            .and_then(|exp| {
-                exp.as_u64()
-                    .or_else(|| exp.as_f64().map(|f| f.round() as u64))
-            })
-            .ok_or_else(|| Error::InvalidClaim {
-                claim: "exp",
-                reason: "must be a number of seconds since the Unix epoch".to_owned(),
-            })?;
+        let token_id = optional_string_claim("jti", claims.jti)?;
+        let session_id = optional_string_claim("sid", claims.sid)?;
 
         let scopes = match claims.scope {
             None | Some(Value::Null) => ActionSet::ALL,
@@ -212,10 +205,51 @@ impl Verifier {
                 key_id,
                 expires_at,
                 token_id,
+                session_id,
                 scopes,
             },
             quota: crate::context::Quota::default(),
         })
+    }
+
+    /// Checks `exp` (required), `nbf` and `iat` (optional) against `now`
+    /// (seconds since the Unix epoch): numbers of seconds, possibly negative
+    /// or fractional; not expired, not valid only later, not issued in the
+    /// future (each with the leeway), and not living longer than
+    /// `max_lifetime` from now or from `iat`. Returns `exp`.
+    fn check_times(&self, claims: &RawClaims, now: u64) -> Result<u64> {
+        let now = now as f64;
+        let leeway = self.inner.leeway_secs as f64;
+        let max = self.inner.max_lifetime.as_secs_f64();
+        let exp = time_claim("exp", claims.exp.as_ref())?.ok_or(Error::InvalidClaim {
+            claim: "exp",
+            reason: "required claim is missing".to_owned(),
+        })?;
+        let nbf = time_claim("nbf", claims.nbf.as_ref())?;
+        let iat = time_claim("iat", claims.iat.as_ref())?;
+        if exp < now - leeway {
+            return Err(Error::Expired);
+        }
+        for (claim, at) in [("nbf", nbf), ("iat", iat)] {
+            if at.is_some_and(|at| at > now + leeway) {
+                return Err(Error::NotYetValid {
+                    claim,
+                    leeway_secs: self.inner.leeway_secs,
+                });
+            }
+        }
+        let too_long = |from| Error::LifetimeTooLong {
+            max: humantime::format_duration(self.inner.max_lifetime).to_string(),
+            from,
+        };
+        if exp > now + max + leeway {
+            return Err(too_long("now"));
+        }
+        if iat.is_some_and(|iat| exp - iat > max + leeway) {
+            return Err(too_long("its `iat`"));
+        }
+        // Not expired, so positive; not too far away, so it fits.
+        Ok(exp.round() as u64)
     }
 
     /// Refuses `alg: none` and any algorithm other than the configured one
@@ -280,8 +314,13 @@ impl Verifier {
     fn map_decode_error(&self, kind: ErrorKind) -> Error {
         match kind {
             ErrorKind::InvalidSignature => Error::BadSignature,
+            // `exp` and `nbf` are ours to check (`check_times`); these
+            // cannot happen, but map them faithfully should they.
             ErrorKind::ExpiredSignature => Error::Expired,
-            ErrorKind::ImmatureSignature => Error::NotYetValid,
+            ErrorKind::ImmatureSignature => Error::NotYetValid {
+                claim: "nbf",
+                leeway_secs: self.inner.leeway_secs,
+            },
             ErrorKind::InvalidIssuer => Error::WrongIssuer {
                 expected: self.inner.issuer.clone(),
             },
@@ -323,6 +362,33 @@ pub fn peek_kid(token: &str) -> Option<String> {
     match serde_json::from_slice::<RawHeader>(&bytes).ok()?.kid {
         Some(Value::String(kid)) => Some(kid),
         _ => None,
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2: seconds since the epoch, possibly
+/// fractional): `None` when absent or null.
+fn time_claim(claim: &'static str, value: Option<&Value>) -> Result<Option<f64>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or(Error::InvalidClaim {
+            claim,
+            reason: "must be a number of seconds since the Unix epoch".to_owned(),
+        }),
+        Some(_) => Err(Error::InvalidClaim {
+            claim,
+            reason: "must be a number of seconds since the Unix epoch".to_owned(),
+        }),
+    }
+}
+
+fn optional_string_claim(claim: &'static str, value: Option<Value>) -> Result<Option<String>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Error::InvalidClaim {
+            claim,
+            reason: "must be a string".to_owned(),
+        }),
     }
 }
 

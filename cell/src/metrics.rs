@@ -26,6 +26,10 @@ pub struct CellMetrics {
     pub quota_rejected: u64,
     pub bus_hops_out: u64,
     pub bus_hops_in: u64,
+    /// Client connections open on this cell's listeners, and refused
+    /// because the cell had `connections.max_per_cell` open.
+    pub connections_open: u64,
+    pub connections_refused: u64,
 }
 
 /// The process-wide registry of the `shared` runtime mode (the
@@ -80,6 +84,8 @@ pub struct MetricsSnapshot {
     pub quota_rejected: u64,
     pub bus_hops_out: u64,
     pub bus_hops_in: u64,
+    pub connections_open: u64,
+    pub connections_refused: u64,
     pub buffered_bytes: u64,
     pub queue_depth: u64,
     pub orgs_open: u64,
@@ -103,6 +109,8 @@ impl CellMetrics {
             quota_rejected: self.quota_rejected,
             bus_hops_out: self.bus_hops_out,
             bus_hops_in: self.bus_hops_in,
+            connections_open: self.connections_open,
+            connections_refused: self.connections_refused,
             buffered_bytes: 0,
             queue_depth: 0,
             orgs_open: 0,
@@ -174,7 +182,7 @@ pub fn render(cells: &[MetricsSnapshot]) -> String {
             }
         },
     );
-    let simple: [SimpleFamily; 10] = [
+    let simple: [SimpleFamily; 12] = [
         (
             "honeycell_events_ingested_total",
             "counter",
@@ -210,6 +218,18 @@ pub fn render(cells: &[MetricsSnapshot]) -> String {
             "counter",
             "Requests this cell received from another cell over the bus.",
             |c| c.bus_hops_in,
+        ),
+        (
+            "honeycell_connections_open",
+            "gauge",
+            "Client connections open on the cell's HTTP and Flight listeners.",
+            |c| c.connections_open,
+        ),
+        (
+            "honeycell_connections_refused_total",
+            "counter",
+            "Connections closed at once because the cell had connections.max_per_cell open.",
+            |c| c.connections_refused,
         ),
         (
             "honeycell_buffered_bytes",

@@ -82,6 +82,7 @@ fn authn(c: &mut Criterion) {
                 key_id: None,
                 expires_at: 0,
                 token_id: None,
+                session_id: None,
                 scopes: ActionSet::ALL,
             },
             quota: Quota::default(),

@@ -7,10 +7,12 @@
 //! check — ≈3 µs for HS256, ≈30 µs for the server's Ed25519 tokens — is
 //! paid once per token and minute rather than on every request; its `exp`
 //! is still checked on every use. A signing key deleted from the ring stops
-//! verifying cached tokens within that minute. A token the server issued for
-//! an API key is refused as soon as the key is, and a signed-in person's as
-//! soon as their membership ends (it follows their current role), through
-//! per-cell caches of at most `cache_ttl`.
+//! verifying cached tokens within that minute. A token the server issued is
+//! refused as soon as its login (`sid`, the refresh-token family) is revoked
+//! — a logout, or a refresh token presented twice —, one issued for an API
+//! key as soon as the key is, and a signed-in person's as soon as their
+//! membership ends (it follows their current role), through per-cell caches
+//! of at most `cache_ttl`.
 //!
 //! API keys. The secret is 32 random bytes (43 base64url characters); only
 //! its SHA-256 is stored, and the presented secret's hash is compared in
@@ -113,9 +115,59 @@ pub fn parse_api_key(text: &str) -> std::result::Result<(&str, &str), honeycell_
     Ok((id, secret))
 }
 
-struct Cached {
-    at: Instant,
-    key: Option<Arc<ApiKey>>,
+/// A per-cell map of values read from the store, each trusted for `ttl`
+/// after it was read; the one cache type behind API keys, memberships,
+/// logins and tiers. Past `MAX_CACHED` entries it starts over, so a flood
+/// of random keys costs bounded memory.
+struct TtlCache<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        TtlCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The value for `k`: cached when read less than `ttl` ago, else from
+    /// `load` (and remembered). A hit allocates nothing.
+    async fn get_or_load<Q>(
+        &self,
+        k: &Q,
+        load: impl std::future::Future<Output = Result<V>>,
+    ) -> Result<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Ok(entries) = self.entries.lock()
+            && let Some((at, v)) = entries.get(k)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(v.clone());
+        }
+        let v = load.await?;
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= MAX_CACHED {
+                entries.clear();
+            }
+            entries.insert(k.to_owned(), (Instant::now(), v.clone()));
+        }
+        Ok(v)
+    }
+
+    fn remove<Q>(&self, k: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(k);
+        }
+    }
 }
 
 /// Limits on failed authentication (per cell).
@@ -185,9 +237,6 @@ impl<K: std::hash::Hash + Eq> Failures<K> {
     }
 }
 
-/// When a membership was read, and the role it gave (`None`: no member).
-type MemberRole = (Instant, Option<honeycell_auth::Role>);
-
 /// Authenticates requests for one cell.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -203,15 +252,18 @@ struct Inner {
     by_addr: Mutex<Failures<IpAddr>>,
     by_key: Mutex<Failures<String>>,
     cache_ttl: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
+    /// Key id → its record (`None`: no such key).
+    keys: TtlCache<String, Option<Arc<ApiKey>>>,
     tiers: Arc<crate::Tiers>,
-    tier_cache: Mutex<HashMap<honeycell_types::OrgId, (Instant, honeycell_auth::Quota)>>,
+    tier_cache: TtlCache<honeycell_types::OrgId, honeycell_auth::Quota>,
     /// Key id → latest use (µs), waiting for the next flush.
     uses: Mutex<HashMap<String, i64>>,
     /// Verified JWT → (when verified, its context).
     jwts: Mutex<HashMap<Box<str>, (Instant, TenantContext)>>,
-    /// (user id, org) → (when read, the user's role there, if a member).
-    members: Mutex<HashMap<(String, honeycell_types::OrgId), MemberRole>>,
+    /// (user id, org) → the user's role there, if a member.
+    members: TtlCache<(String, honeycell_types::OrgId), Option<honeycell_auth::Role>>,
+    /// Refresh family (`sid`) → whether that login was revoked.
+    sessions: TtlCache<String, bool>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -245,12 +297,13 @@ impl Authenticator {
                 by_addr: Mutex::new(Failures::new(brute_force)),
                 by_key: Mutex::new(Failures::new(brute_force)),
                 cache_ttl,
-                cache: Mutex::new(HashMap::new()),
+                keys: TtlCache::new(cache_ttl),
                 tiers,
-                tier_cache: Mutex::new(HashMap::new()),
+                tier_cache: TtlCache::new(TIER_TTL),
                 uses: Mutex::new(HashMap::new()),
                 jwts: Mutex::new(HashMap::new()),
-                members: Mutex::new(HashMap::new()),
+                members: TtlCache::new(cache_ttl),
+                sessions: TtlCache::new(cache_ttl),
             }),
         }
     }
@@ -334,24 +387,16 @@ impl Authenticator {
         if self.inner.tiers.is_unlimited() {
             return Ok(honeycell_auth::Quota::default());
         }
-        if let Ok(cache) = self.inner.tier_cache.lock()
-            && let Some((at, q)) = cache.get(org)
-            && at.elapsed() < TIER_TTL
-        {
-            return Ok(*q);
-        }
-        let record = self.inner.store.org(org).await?;
-        let quota = self
-            .inner
-            .tiers
-            .quota(record.as_ref().map(|o| o.tier.as_str()));
-        if let Ok(mut cache) = self.inner.tier_cache.lock() {
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-            cache.insert(org.clone(), (Instant::now(), quota));
-        }
-        Ok(quota)
+        self.inner
+            .tier_cache
+            .get_or_load(org, async {
+                let record = self.inner.store.org(org).await?;
+                Ok(self
+                    .inner
+                    .tiers
+                    .quota(record.as_ref().map(|o| o.tier.as_str())))
+            })
+            .await
     }
 
     /// A JWT: by a managed key when its `kid` is one of ours (`hc-…`), else
@@ -447,15 +492,19 @@ impl Authenticator {
     }
 
     /// An access token this server issued lives no longer than what it was
-    /// issued for, and a person's takes their current role: for an API key
-    /// (subject `apikey:<id>`), the key's revocation or expiry; for a
-    /// signed-in person (`user:<id>`), their membership of the org. Both are
-    /// read through per-cell caches of `cache_ttl` (≤ 1 s), so a change
-    /// reaches every cell's requests within that time, not when the token
-    /// expires.
+    /// issued for, and a person's takes their current role: its login
+    /// (`sid`, the refresh family) must not be revoked (logout, refresh
+    /// reuse); for an API key (subject `apikey:<id>`), the key's revocation
+    /// or expiry; for a signed-in person (`user:<id>`), their membership of
+    /// the org. All are read through per-cell caches of `cache_ttl` (≤ 1 s),
+    /// so a change reaches every cell's requests within that time, not when
+    /// the token expires. Tokens of other issuers (`honeycell token`, the
+    /// configured key) carry no such link and are not checked here.
     async fn check_principal_behind_token(&self, ctx: &mut TenantContext) -> Result<()> {
         let Credential::Jwt {
-            key_id: Some(kid), ..
+            key_id: Some(kid),
+            session_id,
+            ..
         } = &ctx.credential
         else {
             return Ok(());
@@ -463,20 +512,26 @@ impl Authenticator {
         if !kid.starts_with(crate::tokens::KID_PREFIX) {
             return Ok(());
         }
+        // The principal first: a dead key or membership also revokes the
+        // login (at its next refresh), and is the more useful reason.
         if let Some(id) = ctx.subject.strip_prefix("apikey:") {
-            return match self.lookup(id).await? {
-                Some(k) if k.org == ctx.org && k.is_live(honeycell_types::now_us()) => Ok(()),
+            match self.lookup(id).await? {
+                Some(k) if k.org == ctx.org && k.is_live(honeycell_types::now_us()) => {}
                 Some(k) if k.revoked_at_us.is_none() && k.org == ctx.org => {
-                    Err(honeycell_auth::Error::ApiKeyExpired.into())
+                    return Err(honeycell_auth::Error::ApiKeyExpired.into());
                 }
-                _ => Err(honeycell_auth::Error::ApiKeyRevoked.into()),
-            };
-        }
-        if let Some(user) = ctx.subject.strip_prefix("user:") {
+                _ => return Err(honeycell_auth::Error::ApiKeyRevoked.into()),
+            }
+        } else if let Some(user) = ctx.subject.strip_prefix("user:") {
             match self.member_role(user, &ctx.org).await? {
                 Some(role) => ctx.role = role,
                 None => return Err(honeycell_auth::Error::NoLongerMember.into()),
             }
+        }
+        if let Some(family) = session_id
+            && self.session_revoked(family).await?
+        {
+            return Err(honeycell_auth::Error::SessionRevoked.into());
         }
         Ok(())
     }
@@ -487,59 +542,50 @@ impl Authenticator {
         user: &str,
         org: &honeycell_types::OrgId,
     ) -> Result<Option<honeycell_auth::Role>> {
-        let key = (user.to_owned(), org.clone());
-        if let Ok(cache) = self.inner.members.lock()
-            && let Some((at, role)) = cache.get(&key)
-            && at.elapsed() < self.inner.cache_ttl
-        {
-            return Ok(*role);
-        }
-        let role = self
-            .inner
-            .store
-            .memberships_of_user(user)
-            .await?
-            .into_iter()
-            .find(|m| &m.org == org)
-            .map(|m| m.role);
-        if let Ok(mut cache) = self.inner.members.lock() {
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-            cache.insert(key, (Instant::now(), role));
-        }
-        Ok(role)
+        self.inner
+            .members
+            .get_or_load(&(user.to_owned(), org.clone()), async {
+                Ok(self
+                    .inner
+                    .store
+                    .memberships_of_user(user)
+                    .await?
+                    .into_iter()
+                    .find(|m| &m.org == org)
+                    .map(|m| m.role))
+            })
+            .await
+    }
+
+    /// Whether the login `family` was revoked, from the cache when fresh,
+    /// else the store.
+    async fn session_revoked(&self, family: &str) -> Result<bool> {
+        self.inner
+            .sessions
+            .get_or_load(family, self.inner.store.refresh_family_revoked(family))
+            .await
     }
 
     /// The key record, from the cache when fresh, else from the store.
     async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKey>>> {
-        if let Ok(cache) = self.inner.cache.lock()
-            && let Some(c) = cache.get(id)
-            && c.at.elapsed() < self.inner.cache_ttl
-        {
-            return Ok(c.key.clone());
-        }
-        let key = self.inner.store.api_key(id).await?.map(Arc::new);
-        if let Ok(mut cache) = self.inner.cache.lock() {
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-            cache.insert(
-                id.to_owned(),
-                Cached {
-                    at: Instant::now(),
-                    key: key.clone(),
-                },
-            );
-        }
-        Ok(key)
+        self.inner
+            .keys
+            .get_or_load(id, async {
+                Ok(self.inner.store.api_key(id).await?.map(Arc::new))
+            })
+            .await
     }
 
     /// Forgets a cached key at once (this cell revoked or rotated it).
     pub fn evict(&self, id: &str) {
-        if let Ok(mut cache) = self.inner.cache.lock() {
-            cache.remove(id);
-        }
+        self.inner.keys.remove(id);
+    }
+
+    /// Forgets a cached login at once (this cell revoked it: a logout or a
+    /// refresh reuse), so that its access tokens are refused here without
+    /// waiting for `cache_ttl`; other cells follow within it.
+    pub fn evict_session(&self, family: &str) {
+        self.inner.sessions.remove(family);
     }
 
     /// Writes the uses recorded since the last flush in one batch.

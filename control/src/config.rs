@@ -41,8 +41,10 @@ pub struct ControlConfig {
     pub pool_size_per_cell: usize,
     /// e.g. `"5s"`.
     pub connect_timeout: String,
-    /// How long a cell trusts a cached API-key record: the longest a
-    /// revocation takes to reach every cell (at most `"1s"`).
+    /// How long a cell trusts a cached API-key record, membership or
+    /// login (refresh family): the longest a revocation — of a key, a
+    /// membership, or a login by logout or refresh reuse — takes to reach
+    /// every cell (at most `"1s"`).
     pub api_key_cache_ttl: String,
     /// How often each cell writes API keys' last-use times (in one batch).
     pub last_used_flush: String,
@@ -77,6 +79,9 @@ pub struct TierConfig {
     /// connection: with HTTP/2 and gRPC one connection carries many
     /// requests, and a connection's org is known only once it authenticates.)
     pub max_concurrent_requests: Option<u32>,
+    /// Flight SQL queries of the org running at once (in the whole
+    /// process); beyond, RESOURCE_EXHAUSTED. Absent: `flight_sql.max_queries_per_org`.
+    pub max_concurrent_queries: Option<u32>,
 }
 
 /// The tiers, resolved for lookups.
@@ -90,7 +95,10 @@ impl Tiers {
     /// True when no tier limits anything (lookups are skipped).
     pub fn is_unlimited(&self) -> bool {
         self.tiers.values().all(|t| {
-            t.max_storage_gb.is_none() && t.max_qps.is_none() && t.max_concurrent_requests.is_none()
+            t.max_storage_gb.is_none()
+                && t.max_qps.is_none()
+                && t.max_concurrent_requests.is_none()
+                && t.max_concurrent_queries.is_none()
         })
     }
 
@@ -106,6 +114,7 @@ impl Tiers {
                 max_stored_bytes: t.max_storage_gb.map(|gb| (gb * 1e9) as u64),
                 max_qps: t.max_qps,
                 max_concurrent: t.max_concurrent_requests,
+                max_queries: t.max_concurrent_queries,
             },
         }
     }
@@ -201,9 +210,10 @@ impl ControlConfig {
             if t.max_storage_gb.is_some_and(|g| g.is_nan() || g <= 0.0)
                 || t.max_qps == Some(0)
                 || t.max_concurrent_requests == Some(0)
+                || t.max_concurrent_queries == Some(0)
             {
                 return Err(Error::Config(format!(
-                    "control.tiers.{name}: max_storage_gb, max_qps and max_concurrent_requests must be above 0"
+                    "control.tiers.{name}: max_storage_gb, max_qps, max_concurrent_requests and max_concurrent_queries must be above 0"
                 )));
             }
         }

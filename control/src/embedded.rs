@@ -642,6 +642,29 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(crate) async fn refresh_family_revoked(&self, family: &str) -> Result<bool> {
+        let family = family.to_owned();
+        self.run(move |db, _| {
+            let txn = db.begin_read()?;
+            let index = txn.open_table(REFRESH_BY_FAMILY)?;
+            let tokens = txn.open_table(REFRESH)?;
+            let (lo, hi) = prefix(&family);
+            for row in index.range(lo.as_slice()..hi.as_slice())? {
+                let id = second(row?.0.value()).to_owned();
+                let token: Option<RefreshToken> = tokens
+                    .get(id.as_str())?
+                    .map(|v| dec("refresh token", v.value()))
+                    .transpose()
+                    .map_err(Failure::Other)?;
+                if token.is_some_and(|t| t.state == RefreshState::Revoked) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
     pub(crate) async fn insert_signing_key(&self, key: &SigningKey) -> Result<()> {
         let key = key.clone();
         self.run(move |db, _| {

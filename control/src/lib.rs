@@ -218,6 +218,14 @@ impl Store {
         dispatch!(self.revoke_refresh_family(family))
     }
 
+    /// Whether a family (a login) was revoked — logged out, reused, or
+    /// ended with its API key or membership — that is, whether any of its
+    /// tokens is revoked (revocation marks them all, and a revoked family
+    /// never rotates again). False for a family with no tokens.
+    pub async fn refresh_family_revoked(&self, family: &str) -> Result<bool> {
+        dispatch!(self.refresh_family_revoked(family))
+    }
+
     // Signing keys.
 
     pub async fn insert_signing_key(&self, key: &SigningKey) -> Result<()> {

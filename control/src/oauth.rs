@@ -669,6 +669,7 @@ impl OAuth {
                 key_id: None,
                 expires_at: 0,
                 token_id: None,
+                session_id: None,
                 scopes: ActionSet::ALL,
             },
             quota: Quota::default(),

@@ -946,6 +946,18 @@ impl PgStore {
         Ok(n)
     }
 
+    pub(crate) async fn refresh_family_revoked(&self, family: &str) -> Result<bool> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE family = $1 AND state = 'revoked')",
+                &[&family],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     pub(crate) async fn insert_signing_key(&self, k: &SigningKey) -> Result<()> {
         self.client()
             .await?

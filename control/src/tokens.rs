@@ -14,7 +14,10 @@
 //! Refresh tokens are `hcr_<43 base64url>`; the store keeps only the
 //! SHA-256 (hex) as the record id. Each refresh returns a new pair and
 //! retires the presented token; presenting a retired one again revokes its
-//! whole family (the login it descends from) and is audited. A family
+//! whole family (the login it descends from) and is audited. Access tokens
+//! carry their family's id as `sid`, so revoking the family — reuse, or
+//! `/auth/logout` — also refuses the access tokens issued to that login
+//! (the `Authenticator` checks it through its per-cell cache, ≤ 1 s). A family
 //! started from an API key dies with the key: refreshing checks the key
 //! is still live. A family started by a person's sign-in (subject
 //! `user:<id>`) dies with their membership and takes its current role.
@@ -197,17 +200,20 @@ impl TokenService {
         self.inner.access_ttl
     }
 
-    /// A new pair for `ctx`: a new refresh family (a login).
+    /// A new pair for `ctx`: a new refresh family (a login), whose id the
+    /// access token carries as `sid`.
     pub async fn issue(&self, ctx: &TenantContext) -> Result<TokenPair> {
         let signer = self.signer().await?;
+        let family = hash_hex(&random_text());
         let access = signer.mint_scoped(
             &ctx.org,
             &ctx.subject,
             ctx.role,
             &scope_names(ctx),
+            Some(&family),
             self.inner.access_ttl,
         )?;
-        let (text, record) = self.new_refresh(ctx, &hash_hex(&random_text()));
+        let (text, record) = self.new_refresh(ctx, &family);
         self.inner.store.insert_refresh(&record).await?;
         Ok(self.pair_of(access, text))
     }
@@ -309,6 +315,7 @@ impl TokenService {
                 key_id: None,
                 expires_at: 0,
                 token_id: None,
+                session_id: None,
                 scopes,
             },
             quota: honeycell_auth::Quota::default(),
@@ -333,6 +340,7 @@ impl TokenService {
             &ctx.subject,
             ctx.role,
             &scope_names(&ctx),
+            Some(&old.family),
             self.inner.access_ttl,
         )?;
         Ok((self.pair_of(access, next_text), old))

@@ -32,6 +32,16 @@ pub enum Error {
     UnknownAction { name: String },
     #[error("the query worker stopped before answering")]
     QueryWorkerGone,
+    #[error("malformed Arrow IPC message: {reason}")]
+    BadIpc { reason: String },
+    /// A Flight SQL limit (memory, concurrency, text size); `retry` when it
+    /// depends on what else runs.
+    #[error("{message}")]
+    QueryLimit { message: String, retry: bool },
+    #[error(
+        "the query computed for longer than {limit:?} (flight_sql.query_timeout) and was stopped; filter, aggregate or LIMIT it"
+    )]
+    QueryTimeout { limit: std::time::Duration },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,12 +62,18 @@ impl Error {
             Error::Cell(e) => e.class(),
             Error::Storage(e) => e.class(),
             Error::Control(e) => e.class(),
-            Error::BadTicket { .. } | Error::BadDescriptor { .. } | Error::Sql(_) => {
-                ErrorClass::BadRequest
-            }
+            Error::BadTicket { .. }
+            | Error::BadDescriptor { .. }
+            | Error::Sql(_)
+            | Error::BadIpc { .. } => ErrorClass::BadRequest,
             Error::Unsupported { .. } | Error::UnknownAction { .. } => ErrorClass::BadRequest,
             Error::Flight(_) => ErrorClass::BadRequest,
             Error::QueryWorkerGone => ErrorClass::Internal,
+            Error::QueryLimit { retry: true, .. } => ErrorClass::Overloaded {
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            Error::QueryLimit { retry: false, .. } => ErrorClass::TooLarge,
+            Error::QueryTimeout { .. } => ErrorClass::TimedOut,
         }
     }
 }
@@ -72,8 +88,10 @@ pub fn code(class: ErrorClass) -> Code {
         ErrorClass::Forbidden => Code::PermissionDenied,
         ErrorClass::NotFound => Code::NotFound,
         ErrorClass::Conflict => Code::AlreadyExists,
+        ErrorClass::MethodNotAllowed => Code::Unimplemented,
         ErrorClass::Overloaded { .. } => Code::ResourceExhausted,
         ErrorClass::Unavailable => Code::Unavailable,
+        ErrorClass::TimedOut => Code::DeadlineExceeded,
         ErrorClass::Internal => Code::Internal,
     }
 }
@@ -82,12 +100,15 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let class = e.class();
         if let Error::Unsupported { .. } | Error::UnknownAction { .. } = e {
-            return Status::unimplemented(e.to_string());
+            return Status::unimplemented(bounded(e.to_string()));
+        }
+        if let Error::QueryLimit { retry: false, .. } = e {
+            return Status::resource_exhausted(bounded(e.to_string()));
         }
         if class == ErrorClass::Internal {
             tracing::error!(error = %e, "internal error in flight service");
         }
-        let mut status = Status::new(code(class), e.to_string());
+        let mut status = Status::new(code(class), bounded(e.to_string()));
         if let ErrorClass::Overloaded { retry_after } = class {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(v) = secs.to_string().parse() {
@@ -96,4 +117,17 @@ impl From<Error> for Status {
         }
         status
     }
+}
+
+/// Most characters of a status message: it travels in the `grpc-message`
+/// header (percent-encoded), and an error that quotes a client's 60 KB of
+/// SQL must not become a header the client's HTTP/2 stack refuses.
+const MAX_MESSAGE_CHARS: usize = 1024;
+
+fn bounded(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(cut);
+        message.push_str("… (cut)");
+    }
+    message
 }

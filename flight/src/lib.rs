@@ -10,68 +10,59 @@
 //! bearer token, never from a ticket or command. Read `service.rs` for the
 //! plain Flight calls and `sql.rs` for Flight SQL.
 
+mod conn;
+pub mod engine;
 pub mod error;
+pub mod put;
 pub mod service;
 pub mod sql;
 
+pub use engine::{QueryEngine, SqlConfig};
 pub use error::{Error, Result};
 pub use service::{FlightState, HoneycellFlight};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use futures::FutureExt as _;
+use futures::StreamExt as _;
 use honeycell_cell::Shutdown;
-use tokio_stream::wrappers::TcpListenerStream;
+use honeycell_tls::conn::Connections;
 
 /// Largest gRPC message accepted (DoPut batches) and sent.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Serves Flight on every listener of this cell until `shutdown`, over TLS
-/// (and with client certificates, when configured) when `tls` is given.
+/// Serves Flight on every listener of this cell until `shutdown`, then
+/// drains the calls in flight. `connections` (the cell's, shared with its
+/// HTTP listener) accepts, limits, runs TLS when configured and closes
+/// connections idle for `connections.idle_timeout`; idle gRPC connections
+/// are also pinged every `http2_keepalive_interval`.
 pub async fn serve(
     listeners: Vec<std::net::TcpListener>,
-    tls: Option<std::sync::Arc<honeycell_tls::Tls>>,
+    connections: Connections,
     service: HoneycellFlight,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    let limits = connections.config();
     let mut servers = Vec::new();
     for listener in listeners {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let incoming = connections
+            .incoming(listener, honeycell_tls::Endpoint::Flight)?
+            .into_stream()
+            .map(|c| Ok::<_, std::io::Error>(conn::FlightConn(c)));
         let svc = FlightServiceServer::new(service.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let shutdown = shutdown.clone();
         let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+            .layer(tower::layer::layer_fn(conn::InFlight))
             .layer(tower::layer::layer_fn(Traced))
             .add_service(svc);
-        match &tls {
-            None => servers.push(
-                async move {
-                    server
-                        .serve_with_incoming_shutdown(
-                            TcpListenerStream::new(listener),
-                            shutdown.wait(),
-                        )
-                        .await
-                }
-                .boxed(),
-            ),
-            Some(tls) => {
-                let incoming = honeycell_tls::incoming(
-                    listener,
-                    tls.clone(),
-                    honeycell_tls::Endpoint::Flight,
-                )?;
-                servers.push(
-                    async move {
-                        server
-                            .serve_with_incoming_shutdown(incoming.into_stream(), shutdown.wait())
-                            .await
-                    }
-                    .boxed(),
-                );
-            }
-        }
+        servers.push(async move {
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown.wait())
+                .await
+        });
     }
     for result in futures::future::join_all(servers).await {
         result.map_err(std::io::Error::other)?;

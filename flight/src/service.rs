@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
@@ -47,8 +46,8 @@ pub struct FlightState {
     pub audit: honeycell_control::AuditSink,
     /// The Flight location (`grpc+tcp://host:port`) of every cell, by index.
     pub locations: Arc<[String]>,
-    /// Where DataFusion queries run (never on a cell's thread).
-    pub query_pool: tokio::runtime::Handle,
+    /// Flight SQL's pool, sessions and limits (process-wide).
+    pub engine: Arc<crate::QueryEngine>,
     /// Largest batch appended at once; bigger DoPut batches are split.
     pub max_append_rows: usize,
 }
@@ -56,6 +55,13 @@ pub struct FlightState {
 impl FlightState {
     /// Authenticates a call from its `authorization` metadata.
     pub async fn tenant<T>(&self, request: &Request<T>) -> Result<TenantContext> {
+        // As over HTTP: several credentials are refused, never picked from.
+        let count = request.metadata().get_all("authorization").iter().count();
+        if count > 1 {
+            return Err(Error::Auth(honeycell_auth::Error::MultipleAuthorization {
+                count,
+            }));
+        }
         let header = match request.metadata().get("authorization") {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| {
@@ -213,10 +219,21 @@ impl HoneycellFlight {
         request: Request<Streaming<FlightData>>,
     ) -> Result<BoxStream<PutResult>> {
         let ctx = self.state.tenant(&request).await?;
+        // Refused before a byte of the stream is read: a viewer's forged
+        // batch is never decoded.
+        honeycell_cell::bus::authorize(
+            &ctx,
+            honeycell_auth::Action::write(honeycell_auth::Resource::Events),
+        )
+        .map_err(|e| self.state.refused(&ctx, e))?;
         let state = self.state.clone();
-        let input = FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        );
+        // Every message is checked against the bytes that arrived before
+        // arrow reads it (`put.rs`).
+        let mut decoder = crate::put::PutDecoder::default();
+        let input = request
+            .into_inner()
+            .map_err(|s| Error::Flight(FlightError::from(s)))
+            .try_filter_map(move |data| futures::future::ready(decoder.decode(&data)));
         // Each client batch is validated whole, then appended (split into
         // pieces of at most max_append_rows) and acknowledged with one
         // PutResult once durable. A bad batch ends the stream with
@@ -225,7 +242,6 @@ impl HoneycellFlight {
         // call's trace scope: carry its trace id along for audit entries.
         let trace = honeycell_control::trace::current().unwrap_or_default();
         let out = input
-            .map_err(Error::from)
             .and_then(move |batch: RecordBatch| {
                 let state = state.clone();
                 let ctx = ctx.clone();

@@ -9,6 +9,7 @@
 //! through a small bounded channel.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -25,14 +26,17 @@ use arrow_flight::sql::{
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use arrow_ipc::writer::IpcWriteOptions;
 use datafusion::catalog::MemTable;
-use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
 use futures::{StreamExt, TryStreamExt};
+use honeycell_auth::TenantContext;
 use honeycell_storage::OrgSnapshot;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::QueryEngine;
 use crate::error::{Error, Result};
 use crate::service::{DoGetStream, FlightState};
 
@@ -61,9 +65,12 @@ impl SqlService {
     }
 
     /// Plans `sql` against the caller's snapshot on the query pool and
-    /// returns the result schema and a stream of batches.
+    /// returns the result schema and a stream of batches. The query holds
+    /// its admission (`engine.rs`) until it ends; it is stopped when it has
+    /// computed for `flight_sql.query_timeout` or its client went away.
     async fn run(
         &self,
+        ctx: &TenantContext,
         snapshot: OrgSnapshot,
         sql: String,
         execute: bool,
@@ -71,14 +78,24 @@ impl SqlService {
         SchemaRef,
         Option<ReceiverStream<Result<RecordBatch, FlightError>>>,
     )> {
+        let engine = self.state.engine.clone();
+        engine.check_sql(&sql)?;
+        let admission = engine.admit(ctx)?;
         let (schema_tx, schema_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(4);
-        self.state.query_pool.spawn(async move {
-            let planned = plan(snapshot, &sql).await;
+        let limit = engine.config().query_timeout;
+        engine.pool().clone().spawn(async move {
+            let _admission = admission;
+            let started = Instant::now();
+            let planned = tokio::time::timeout(limit, plan(&engine, snapshot, &sql)).await;
             let df = match planned {
-                Ok(df) => df,
-                Err(e) => {
+                Ok(Ok(df)) => df,
+                Ok(Err(e)) => {
                     let _ = schema_tx.send(Err(e));
+                    return;
+                }
+                Err(_) => {
+                    let _ = schema_tx.send(Err(Error::QueryTimeout { limit }));
                     return;
                 }
             };
@@ -87,17 +104,34 @@ impl SqlService {
             if !execute {
                 return;
             }
-            match df.execute_stream().await {
-                Ok(mut stream) => {
-                    while let Some(item) = stream.next().await {
-                        let item = item.map_err(|e| FlightError::ExternalError(Box::new(e)));
-                        if tx.send(item).await.is_err() {
-                            break; // the client went away
-                        }
-                    }
-                }
+            // Time spent waiting for the client to read (`tx.send`) is not
+            // the query's: only computing counts against the limit.
+            let mut left = limit.saturating_sub(started.elapsed());
+            let mut stream = match yielding_stream(df).await {
+                Ok(s) => s,
                 Err(e) => {
-                    let _ = tx.send(Err(FlightError::ExternalError(Box::new(e)))).await;
+                    let _ = tx.send(Err(query_error(e))).await;
+                    return;
+                }
+            };
+            loop {
+                let step = Instant::now();
+                let item = tokio::select! {
+                    // The client went away: dropping the stream stops the plan.
+                    () = tx.closed() => return,
+                    item = tokio::time::timeout(left, stream.next()) => item,
+                };
+                let item = match item {
+                    Err(_) => Err(FlightError::Tonic(Box::new(
+                        Error::QueryTimeout { limit }.into(),
+                    ))),
+                    Ok(None) => return,
+                    Ok(Some(item)) => item.map_err(query_error),
+                };
+                left = left.saturating_sub(step.elapsed());
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    return;
                 }
             }
         });
@@ -113,7 +147,7 @@ impl SqlService {
     ) -> Result<FlightInfo> {
         let ctx = self.state.tenant(request).await?;
         let snapshot = self.state.snapshot(&ctx).await?;
-        let (schema, _) = self.run(snapshot, sql, false).await?;
+        let (schema, _) = self.run(&ctx, snapshot, sql, false).await?;
         let endpoint = FlightEndpoint::new()
             .with_ticket(ticket)
             .with_location(self.state.location_of(&ctx.org));
@@ -127,7 +161,7 @@ impl SqlService {
     async fn stream(&self, request: &Request<Ticket>, sql: String) -> Result<DoGetStream> {
         let ctx = self.state.tenant(request).await?;
         let snapshot = self.state.snapshot(&ctx).await?;
-        let (schema, batches) = self.run(snapshot, sql, true).await?;
+        let (schema, batches) = self.run(&ctx, snapshot, sql, true).await?;
         let batches = batches.ok_or(Error::QueryWorkerGone)?;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
@@ -138,11 +172,12 @@ impl SqlService {
 }
 
 /// A session holding only the caller's `events` table.
-async fn plan(snapshot: OrgSnapshot, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
-    let config = SessionConfig::new()
-        .with_target_partitions(1)
-        .with_information_schema(false);
-    let ctx = SessionContext::new_with_config(config);
+async fn plan(
+    engine: &QueryEngine,
+    snapshot: OrgSnapshot,
+    sql: &str,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let ctx = engine.session()?;
     let batches: Vec<RecordBatch> = snapshot.chunks().iter().map(|c| c.batch.clone()).collect();
     let table = MemTable::try_new(honeycell_storage::event_schema(), vec![batches])
         .map_err(|e| Error::Sql(e.to_string()))?;
@@ -154,7 +189,56 @@ async fn plan(snapshot: OrgSnapshot, sql: &str) -> Result<datafusion::dataframe:
         .with_allow_statements(false);
     ctx.sql_with_options(sql, options)
         .await
-        .map_err(|e| Error::Sql(e.to_string()))
+        .map_err(|e| sql_error(&e))
+}
+
+/// Executes `df` with every operator's output counted against tokio's
+/// cooperative budget, not only the leaves' (DataFusion's own rule): a join
+/// that turns one input batch into millions of rows then still returns to
+/// the scheduler every few batches, so the time limit and a client's
+/// departure are noticed and the query pool's other queries get their turn.
+async fn yielding_stream(
+    df: datafusion::dataframe::DataFrame,
+) -> datafusion::error::Result<datafusion::execution::SendableRecordBatchStream> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::physical_plan::coop::CooperativeExec;
+
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let plan = plan
+        .transform_up(|node| {
+            if node.is::<CooperativeExec>() {
+                return Ok(Transformed::no(node));
+            }
+            let wrapped: Arc<dyn ExecutionPlan> = Arc::new(CooperativeExec::new(node));
+            Ok(Transformed::yes(wrapped))
+        })?
+        .data;
+    datafusion::physical_plan::execute_stream(plan, task)
+}
+
+/// A planning error: our limits by name, else DataFusion's text.
+fn sql_error(e: &DataFusionError) -> Error {
+    let message = e.find_root().to_string();
+    if message.contains(crate::engine::SERVER_MEMORY) {
+        Error::QueryLimit {
+            message,
+            retry: true,
+        }
+    } else if message.contains(crate::engine::QUERY_MEMORY) {
+        Error::QueryLimit {
+            message,
+            retry: false,
+        }
+    } else {
+        Error::Sql(e.to_string())
+    }
+}
+
+/// An execution error, as the stream's error (a limit keeps its status).
+fn query_error(e: DataFusionError) -> FlightError {
+    FlightError::Tonic(Box::new(tonic::Status::from(sql_error(&e))))
 }
 
 fn utf8(bytes: &[u8], what: &str) -> Result<String> {
@@ -197,7 +281,7 @@ impl FlightSqlService for SqlService {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let ctx = self.state.tenant(&request).await?;
         let snapshot = self.state.snapshot(&ctx).await?;
-        let (schema, _) = self.run(snapshot, query.query.clone(), false).await?;
+        let (schema, _) = self.run(&ctx, snapshot, query.query.clone(), false).await?;
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(|e: arrow::error::ArrowError| Error::Sql(e.to_string()))?;

@@ -17,6 +17,7 @@ use honeycell_cell::{AdmissionConfig, RateLimitConfig};
 use honeycell_control::{ControlConfig, OAuthConfig};
 use honeycell_storage::StorageConfig;
 use honeycell_tls::TlsConfig;
+use honeycell_tls::conn::ConnectionsConfig;
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -62,7 +63,11 @@ pub struct Config {
     pub router: RouterConfig,
     pub control: ControlConfig,
     pub tls: TlsConfig,
+    /// Limits and timeouts of the HTTP and Flight connections.
+    pub connections: ConnectionsConfig,
     pub oauth: OAuthConfig,
+    /// What one Flight SQL query may cost (time, memory, concurrency).
+    pub flight_sql: honeycell_flight::SqlConfig,
 }
 
 /// How the server runs its threads.
@@ -125,7 +130,9 @@ impl Default for Config {
             router: RouterConfig::default(),
             control: ControlConfig::default(),
             tls: TlsConfig::default(),
+            connections: ConnectionsConfig::default(),
             oauth: OAuthConfig::default(),
+            flight_sql: honeycell_flight::SqlConfig::default(),
         }
     }
 }
@@ -329,8 +336,19 @@ impl Config {
         self.rate_limiting.validate().map_err(anyhow::Error::msg)?;
         self.admission.validate().map_err(anyhow::Error::msg)?;
         self.http_limits.validate().map_err(anyhow::Error::msg)?;
+        self.flight_sql.validate().map_err(anyhow::Error::msg)?;
         self.control.validate()?;
+        // The server's own access tokens must pass its own verifier.
+        let (access_ttl, _) = self.control.token_ttls()?;
+        if access_ttl > self.jwt.max_lifetime {
+            bail!(
+                "control.access_token_ttl ({}) is longer than jwt.max_lifetime ({}): the access tokens the server issues would be refused; shorten the one or raise the other",
+                self.control.access_token_ttl,
+                humantime::format_duration(self.jwt.max_lifetime)
+            );
+        }
         self.tls.validate()?;
+        self.connections.validate()?;
         if let Some(redis) = self.redis() {
             redis.validate()?;
         } else if self.redis_ca_path.is_some() {
@@ -397,6 +415,32 @@ mod tests {
         assert_eq!(c.rate_limiting.org_max_qps, 7);
         assert_eq!(c.jwt.secret.as_deref(), Some("s3cret"));
         assert_eq!(c.data_dir, PathBuf::from("honeycell-data"));
+    }
+
+    #[test]
+    fn connection_timeouts_are_durations_from_toml_or_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[connections]\nheader_read_timeout = \"2s\"\nidle_timeout = 90\n",
+        )
+        .expect("write");
+        let env = [("HONEYCELL_CONNECTIONS__MAX_PER_CELL", "8")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let c = Config::load(Some(&path), env.into_iter()).expect("config");
+        let d = std::time::Duration::from_secs;
+        assert_eq!(c.connections.header_read_timeout, d(2));
+        assert_eq!(c.connections.idle_timeout, d(90));
+        assert_eq!(c.connections.max_per_cell, 8);
+        std::fs::write(&path, "[connections]\nidle_timeout = \"soon\"\n").expect("write");
+        let err = Config::load(Some(&path), std::iter::empty())
+            .err()
+            .expect("must fail");
+        assert!(
+            format!("{err:#}").contains("connections.idle_timeout"),
+            "{err:#}"
+        );
     }
 
     #[test]

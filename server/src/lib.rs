@@ -89,6 +89,15 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let shared = config.runtime == config::RuntimeMode::Shared;
     // Shared mode: one listener per port, served by the work-stealing pool.
     let bound = listeners::bind(&config, if shared { 1 } else { cells })?;
+    // Client connections are descriptors: the soft limit goes up to the hard
+    // one, and each cell's connection limit down to what fits below it.
+    let descriptors = listeners::raise_descriptor_limit();
+    let max_connections = listeners::connections_per_cell(
+        config.connections.max_per_cell,
+        descriptors,
+        bound.per_cell.len(),
+    )?;
+    let connections_config = config.connections.clone();
     let host = config.advertised_host()?;
     let locations: Arc<[String]> = bound
         .flight_cell_ports
@@ -106,6 +115,9 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let query_pool = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.query_workers)
         .thread_name("query-worker")
+        // DataFusion grows its stack where it recurses (recursive_protection);
+        // the rest of a plan's depth is bounded by the SQL text's size.
+        .thread_stack_size(32 * 1024 * 1024)
         .enable_all()
         .build()
         .context("cannot start the query pool")?;
@@ -126,7 +138,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         pin_cores: config.pin_cores,
     };
     let http_config = Arc::new(config.http_limits.clone());
-    let query_handle = query_pool.handle().clone();
+    let query_engine =
+        honeycell_flight::QueryEngine::new(config.flight_sql.clone(), query_pool.handle().clone());
     let max_append_rows = config.http_limits.max_batch_events.max(65_536);
     let cell_tls = tls.clone();
 
@@ -139,8 +152,9 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let tiers = tiers.clone();
         let http_config = http_config.clone();
         let locations = locations.clone();
-        let query_pool = query_handle.clone();
+        let engine = query_engine.clone();
         let tls = cell_tls.clone();
+        let connections_config = connections_config.clone();
         let oauth_config = oauth_config.clone();
         let redis_config = redis_config.clone();
         Box::pin(async move {
@@ -215,7 +229,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 auth: auth.clone(),
                 audit: api.audit.clone(),
                 locations,
-                query_pool,
+                engine,
                 max_append_rows,
             };
             let flight = match HoneycellFlight::new(flight_state) {
@@ -225,10 +239,28 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                     return;
                 }
             };
-            let http = honeycell_api::serve(listeners.http, tls.clone(), api, ctx.shutdown.clone());
+            // The cell's three listeners share one accept layer, and so its
+            // connection limit; its counts go to the cell's metrics.
+            let connections = honeycell_tls::conn::Connections::new(
+                connections_config,
+                max_connections,
+                tls,
+                Some(Box::new(|counts: honeycell_tls::conn::Counts| {
+                    honeycell_cell::metrics::with(|m| {
+                        m.connections_open = counts.open as u64;
+                        m.connections_refused = counts.refused;
+                    });
+                })),
+            );
+            let http = honeycell_api::serve(
+                listeners.http,
+                connections.clone(),
+                api,
+                ctx.shutdown.clone(),
+            );
             let flight = honeycell_flight::serve(
                 vec![listeners.flight_shared, listeners.flight_cell],
-                tls,
+                connections,
                 flight,
                 ctx.shutdown.clone(),
             );

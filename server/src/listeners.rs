@@ -85,3 +85,110 @@ pub fn bind(config: &Config, cells: usize) -> anyhow::Result<Bound> {
         flight_cell_ports,
     })
 }
+
+/// Raises the soft limit on open descriptors to the hard limit (client
+/// connections are descriptors; the default soft limit, often 1024, is far
+/// below what a server needs). Returns the limit in force.
+#[cfg(unix)]
+pub fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the descriptor limit (RLIMIT_NOFILE); assuming 1024");
+        return 1024;
+    }
+    let old = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(error = %e, soft = old, hard = limit.rlim_max, "cannot raise the descriptor limit (RLIMIT_NOFILE) to the hard limit");
+        }
+    }
+    let now: u64 = limit.rlim_cur;
+    tracing::info!(
+        old = old,
+        new = now,
+        hard = limit.rlim_max,
+        "descriptor limit (RLIMIT_NOFILE)"
+    );
+    now
+}
+
+#[cfg(not(unix))]
+pub fn raise_descriptor_limit() -> u64 {
+    8192
+}
+
+/// Descriptors kept out of the connections' budget for everything else:
+/// WAL and segment files, the control-plane store, PostgreSQL and Redis
+/// connections, the runtime's own.
+fn descriptor_reserve(limit: u64) -> u64 {
+    (limit / 4).clamp(128, 65_536)
+}
+
+/// `connections.max_per_cell`, lowered when needed so that `cells` cells'
+/// connections (and what each holds beyond them) stay below the descriptor
+/// `limit` minus a reserve: the server refuses connections cleanly rather
+/// than running out of descriptors (`accept: Too many open files`).
+pub fn connections_per_cell(configured: usize, limit: u64, cells: usize) -> anyhow::Result<usize> {
+    let cells = cells.max(1) as u64;
+    let reserve = descriptor_reserve(limit);
+    let per_cell = limit.saturating_sub(reserve) / cells;
+    let fits = per_cell.saturating_sub(honeycell_tls::conn::DESCRIPTORS_BEYOND_LIMIT as u64);
+    if fits == 0 {
+        anyhow::bail!(
+            "connections.max_per_cell: the descriptor limit ({limit}, RLIMIT_NOFILE) leaves no room for client connections with {cells} cells; raise the hard limit (ulimit -Hn, LimitNOFILE=) or run fewer cells"
+        );
+    }
+    let chosen = usize::try_from(fits).unwrap_or(usize::MAX).min(configured);
+    if chosen < configured {
+        tracing::warn!(
+            configured,
+            chosen,
+            descriptors = limit,
+            reserve,
+            cells,
+            "connections.max_per_cell lowered to fit the descriptor limit"
+        );
+    } else {
+        tracing::info!(
+            max_per_cell = chosen,
+            descriptors = limit,
+            cells,
+            "connection limit per cell"
+        );
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_fit_below_the_descriptor_limit() {
+        // Plenty of descriptors: the configured value stands.
+        assert_eq!(
+            connections_per_cell(10_000, 1 << 20, 8).expect("fits"),
+            10_000
+        );
+        // 1024 descriptors, 2 cells: (1024 - 256) / 2 - what a cell holds beyond.
+        let beyond = honeycell_tls::conn::DESCRIPTORS_BEYOND_LIMIT;
+        assert_eq!(
+            connections_per_cell(10_000, 1024, 2).expect("fits"),
+            384 - beyond
+        );
+        assert!(connections_per_cell(10_000, 130, 4).is_err());
+    }
+}

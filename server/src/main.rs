@@ -99,10 +99,10 @@ enum Command {
         /// The org (tenant) the token is for.
         #[arg(long)]
         org: String,
-        /// admin, operator or viewer.
+        /// admin, operator or viewer (exactly, in lower case).
         #[arg(long, default_value = "admin")]
         role: String,
-        /// Lifetime, e.g. 15m, 1h.
+        /// Lifetime, e.g. 15m, 1h; at most jwt.max_lifetime (24h by default).
         #[arg(long, default_value = "15m")]
         ttl: String,
         /// Subject (user or service id).

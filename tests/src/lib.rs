@@ -159,6 +159,7 @@ pub struct ServerBuilder {
     keys: Keys,
     tls: Option<TlsClient>,
     http_addr: String,
+    nofile: Option<u64>,
 }
 
 impl Default for ServerBuilder {
@@ -171,6 +172,7 @@ impl Default for ServerBuilder {
             keys: Keys::Hs256(random_secret()),
             tls: None,
             http_addr: "127.0.0.1:0".into(),
+            nofile: None,
         }
     }
 }
@@ -232,6 +234,13 @@ impl ServerBuilder {
 
     /// The server speaks TLS (its `[tls]` is in the TOML): the harness's
     /// HTTP and Flight clients use `client`.
+    /// Start the server with this descriptor limit (RLIMIT_NOFILE, soft
+    /// and hard), as a host with few descriptors would.
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
     pub fn tls_client(mut self, client: TlsClient) -> Self {
         self.tls = Some(client);
         self
@@ -393,12 +402,22 @@ impl TestServer {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::process::CommandExt as _;
-            // SAFETY: prctl is async-signal-safe; nothing else runs between
-            // fork and exec.
+            let nofile = self.builder.nofile;
+            // SAFETY: prctl and setrlimit are async-signal-safe; nothing
+            // else runs between fork and exec.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some(n) = nofile {
+                        let limit = libc::rlimit {
+                            rlim_cur: n,
+                            rlim_max: n,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });

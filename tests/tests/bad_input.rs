@@ -342,8 +342,8 @@ async fn bad_query_parameters_are_refused() {
     let cases: Vec<(&str, &str, Vec<&str>)> = vec![
         ("limit=0", "invalid_limit", vec!["limit"]),
         ("limit=10001", "invalid_limit", vec!["limit", "10000"]),
-        ("limit=-1", "invalid_query", vec!["limit"]),
-        ("limit=ten", "invalid_query", vec!["limit"]),
+        ("limit=-1", "invalid_limit", vec!["limit", "whole number"]),
+        ("limit=ten", "invalid_limit", vec!["limit", "whole number"]),
         ("cursor=garbage!", "invalid_cursor", vec!["garbage"]),
         // base64 of "hc1:x": the right shape, a wrong offset.
         ("cursor=aGMxOng", "invalid_cursor", vec![]),

@@ -59,6 +59,7 @@ contract!(
     users_memberships_identities,
     api_keys,
     refresh_rotation_and_reuse,
+    refresh_family_revocation_is_visible,
     signing_keys,
     audit_chain_and_queries,
     audit_appends_from_concurrent_tasks_never_fork,
@@ -367,6 +368,65 @@ async fn refresh_rotation_and_reuse(s: &Store) {
             .unwrap_err(),
         Error::Conflict { .. }
     ));
+}
+
+/// What the authenticator asks of every access token the server issued:
+/// has its login (refresh family, the token's `sid`) been revoked?
+async fn refresh_family_revocation_is_visible(s: &Store) {
+    assert!(!s.refresh_family_revoked("unknown").await.unwrap());
+
+    // A live login, rotated a few times, is not revoked; neither is one
+    // that merely expired.
+    s.insert_refresh(&refresh("a1", "live", 100_000))
+        .await
+        .unwrap();
+    s.rotate_refresh("a1", 2_000, &refresh("a2", "live", 100_000))
+        .await
+        .unwrap();
+    s.rotate_refresh("a2", 3_000, &refresh("a3", "live", 100_000))
+        .await
+        .unwrap();
+    assert!(!s.refresh_family_revoked("live").await.unwrap());
+    s.insert_refresh(&refresh("x1", "expired", 1_500))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.rotate_refresh("x1", 2_000, &refresh("x2", "expired", 100_000))
+            .await
+            .unwrap(),
+        Rotation::Expired(refresh("x1", "expired", 1_500))
+    );
+    assert!(!s.refresh_family_revoked("expired").await.unwrap());
+
+    // Reuse of a rotated token revokes the login.
+    s.insert_refresh(&refresh("r1", "reused", 100_000))
+        .await
+        .unwrap();
+    s.rotate_refresh("r1", 2_000, &refresh("r2", "reused", 100_000))
+        .await
+        .unwrap();
+    assert!(!s.refresh_family_revoked("reused").await.unwrap());
+    let out = s
+        .rotate_refresh("r1", 3_000, &refresh("r3", "reused", 100_000))
+        .await
+        .unwrap();
+    assert!(matches!(out, Rotation::ReuseDetected(_)), "{out:?}");
+    assert!(s.refresh_family_revoked("reused").await.unwrap());
+
+    // So does a logout.
+    s.insert_refresh(&refresh("o1", "out", 100_000))
+        .await
+        .unwrap();
+    s.revoke_refresh_family("out").await.unwrap();
+    assert!(s.refresh_family_revoked("out").await.unwrap());
+
+    // Families are told apart exactly, not by prefix.
+    s.insert_refresh(&refresh("p1", "reused-not", 100_000))
+        .await
+        .unwrap();
+    assert!(!s.refresh_family_revoked("reused-not").await.unwrap());
+    assert!(!s.refresh_family_revoked("reuse").await.unwrap());
+    assert!(!s.refresh_family_revoked("live").await.unwrap());
 }
 
 async fn signing_keys(s: &Store) {

@@ -1,19 +1,28 @@
-//! TLS for the HTTP and Arrow Flight listeners: rustls from PEM certificate
-//! and key files, reloaded without a restart, and optional mutual TLS for
-//! Flight (clients must present a certificate signed by `client_ca_path`).
+//! The connection handling of the HTTP and Arrow Flight listeners: limits,
+//! timeouts and TLS.
 //!
-//! [`Tls`] holds the current rustls configurations behind a lock that is
-//! read once per accepted connection; [`Tls::watch`] re-reads the files every
-//! `reload_interval` and swaps in new configurations when they changed. A
-//! broken file on reload is logged and the previous certificate stays in
-//! use: a bad deploy of a certificate never takes the server down.
+//! TLS: rustls from PEM certificate and key files, reloaded without a
+//! restart, and optional mutual TLS for Flight (clients must present a
+//! certificate signed by `client_ca_path`). [`Tls`] holds the current rustls
+//! configurations behind a lock that is read once per accepted connection;
+//! [`Tls::watch`] re-reads the files every `reload_interval` and swaps in new
+//! configurations when they changed. A broken file on reload is logged and
+//! the previous certificate stays in use: a bad deploy of a certificate never
+//! takes the server down.
 //!
-//! [`incoming`] turns a TCP listener into a queue of finished TLS
-//! connections. Handshakes run in their own tasks (bounded in number, each
-//! with a deadline), so a slow or hostile client never holds up the accept
-//! loop or the other connections of the cell.
+//! Connections (`conn.rs`): [`conn::Connections`] is one cell's accept layer,
+//! used by every listener, plaintext or TLS. It keeps the cell under
+//! `[connections] max_per_cell` (refusing the rest cleanly), backs off on
+//! accept errors, runs TLS handshakes in their own tasks (bounded in number,
+//! each with a deadline, so a slow or hostile client never holds up the
+//! accept loop), and hands out [`conn::Conn`]s that close themselves once
+//! no request has been in flight for `idle_timeout`. The HTTP and Flight
+//! servers (`api`, `flight`) set hyper's header-read timeout and HTTP/2
+//! keep-alive pings from the same configuration. This crate does not parse
+//! HTTP: it only counts requests the servers report.
 
-use std::net::SocketAddr;
+pub mod conn;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -24,17 +33,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 pub use tokio_rustls::server::TlsStream;
-
-/// How long a client may take to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight per listener; past this, accepting waits.
-const MAX_PENDING_HANDSHAKES: usize = 512;
-/// Finished connections waiting for the server to take them.
-const READY_QUEUE: usize = 128;
 
 /// Errors of this crate: each names the setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,8 @@ pub enum Error {
         what: &'static str,
         source: rustls::Error,
     },
+    #[error("connections.{key}: {message}")]
+    Connections { key: &'static str, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -363,86 +365,4 @@ fn build(config: &TlsConfig, files: &Files) -> Result<(ServerConfig, ServerConfi
         })?;
     flight.alpn_protocols = vec![b"h2".to_vec()];
     Ok((http, flight))
-}
-
-/// Finished TLS connections from one listener, in arrival order.
-#[derive(Debug)]
-pub struct Incoming {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl Incoming {
-    /// The next connection; `None` once the accept loop has ended.
-    pub async fn next(&mut self) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
-        self.ready.recv().await
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// The connections as a stream (what tonic's `serve_with_incoming` takes).
-    pub fn into_stream(
-        self,
-    ) -> impl tokio_stream::Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
-        use tokio_stream::StreamExt as _;
-        tokio_stream::wrappers::ReceiverStream::new(self.ready).map(|(stream, _)| Ok(stream))
-    }
-}
-
-/// Accepts on `listener` and runs each handshake in its own task with the
-/// configuration current at accept time. Must be called inside a tokio
-/// runtime; the loop ends when the [`Incoming`] is dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<Tls>,
-    endpoint: Endpoint,
-) -> std::io::Result<Incoming> {
-    let local = listener.local_addr()?;
-    let (tx, ready) = mpsc::channel(READY_QUEUE);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                () = tx.closed() => return,
-                p = pending.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let (tcp, peer) = tokio::select! {
-                () = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // rather than spin.
-                        tracing::warn!(error = %e, %local, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = tls.acceptor(endpoint);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(permit);
-                match handshake {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send((stream, peer)).await;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, ?endpoint, error = %e, "TLS handshake refused");
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, ?endpoint, "TLS handshake timed out");
-                    }
-                }
-            });
-        }
-    });
-    Ok(Incoming { ready, local })
 }

@@ -112,6 +112,8 @@ pub enum ErrorClass {
     Forbidden,
     /// The thing asked for does not exist for this tenant (404).
     NotFound,
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
     /// The thing to create exists already (409).
     Conflict,
     /// The body or batch is larger than allowed (413).
@@ -122,6 +124,9 @@ pub enum ErrorClass {
     Overloaded { retry_after: Duration },
     /// The server cannot serve this now (shutting down, storage failed); retry later (503).
     Unavailable,
+    /// The request ran past its time limit and was stopped; retrying it
+    /// unchanged will likely time out again (504; gRPC DEADLINE_EXCEEDED).
+    TimedOut,
     /// A bug or an unexpected failure on our side (500).
     Internal,
 }
@@ -134,11 +139,13 @@ impl ErrorClass {
             ErrorClass::Unauthenticated => 401,
             ErrorClass::Forbidden => 403,
             ErrorClass::NotFound => 404,
+            ErrorClass::MethodNotAllowed => 405,
             ErrorClass::Conflict => 409,
             ErrorClass::TooLarge => 413,
             ErrorClass::UnsupportedMediaType => 415,
             ErrorClass::Overloaded { .. } => 429,
             ErrorClass::Unavailable => 503,
+            ErrorClass::TimedOut => 504,
             ErrorClass::Internal => 500,
         }
     }
@@ -150,11 +157,13 @@ impl ErrorClass {
             ErrorClass::Unauthenticated => "unauthenticated",
             ErrorClass::Forbidden => "forbidden",
             ErrorClass::NotFound => "not_found",
+            ErrorClass::MethodNotAllowed => "method_not_allowed",
             ErrorClass::Conflict => "conflict",
             ErrorClass::TooLarge => "too_large",
             ErrorClass::UnsupportedMediaType => "unsupported_media_type",
             ErrorClass::Overloaded { .. } => "rate_limited",
             ErrorClass::Unavailable => "unavailable",
+            ErrorClass::TimedOut => "timed_out",
             ErrorClass::Internal => "internal",
         }
     }
