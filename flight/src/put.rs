@@ -1,160 +1,37 @@
-//! Decoding a DoPut stream without trusting it.
-//!
-//! arrow-ipc trusts the lengths in a message header: a buffer that claims
-//! more bytes than the body holds panics inside arrow-buffer, a compressed
-//! buffer may claim any uncompressed size, and a negative length becomes a
-//! huge one. [`PutDecoder`] checks every message against the bytes that
-//! actually arrived before arrow reads it — the body length, each buffer's
-//! span, each node's counts, the batch's row count, no compression, no
-//! dictionaries — so a malformed message is `INVALID_ARGUMENT` naming what
-//! is wrong. Decoding also runs under `catch_unwind`, so a case these checks
-//! miss costs one refused stream, not a cell.
-
-use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+//! Decoding a DoPut stream without trusting it: every message goes through
+//! storage's checked IPC decoder (`honeycell_storage::IpcDecoder`, which
+//! says why a message is refused), so a malformed one is `INVALID_ARGUMENT`
+//! naming what is wrong, never a panic.
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::FlightData;
-use arrow_ipc::MessageHeader;
+use honeycell_storage::IpcDecoder;
 
 use crate::error::{Error, Result};
-
-/// Most rows one DoPut message may hold (the gRPC message limit bounds the
-/// bytes; this bounds what zero-byte columns could claim).
-pub const MAX_ROWS_PER_MESSAGE: i64 = 1 << 24;
-/// Most columns a DoPut schema may have (the event schema has ten).
-const MAX_FIELDS: usize = 64;
 
 /// Decodes one DoPut stream's messages, in order.
 #[derive(Debug, Default)]
 pub struct PutDecoder {
-    schema: Option<SchemaRef>,
-}
-
-fn bad(reason: impl Into<String>) -> Error {
-    Error::BadIpc {
-        reason: reason.into(),
-    }
+    inner: IpcDecoder,
 }
 
 impl PutDecoder {
     /// The batch a message carries (`None` for the schema and for messages
     /// without a header), or why it is refused.
     pub fn decode(&mut self, data: &FlightData) -> Result<Option<RecordBatch>> {
-        if data.data_header.is_empty() {
-            if data.data_body.is_empty() {
-                return Ok(None);
-            }
-            return Err(bad("a message has a body but no IPC header"));
-        }
-        let message = arrow_ipc::root_as_message(&data.data_header).map_err(|e| {
-            bad(format!(
-                "the IPC message header is not a valid flatbuffer ({e})"
-            ))
-        })?;
-        let body = data.data_body.len() as u64;
-        let declared = message.bodyLength();
-        if u64::try_from(declared).ok() != Some(body) {
-            return Err(bad(format!(
-                "the header's bodyLength is {declared} bytes but the message carries {body}"
-            )));
-        }
-        match message.header_type() {
-            MessageHeader::Schema => {
-                if self.schema.is_some() {
-                    return Err(bad("a second schema message; send one schema per stream"));
-                }
-                let schema = guarded("the schema", || Schema::try_from(data))?;
-                if schema.fields().len() > MAX_FIELDS {
-                    return Err(bad(format!(
-                        "the schema has {} columns; events have at most {MAX_FIELDS}",
-                        schema.fields().len()
-                    )));
-                }
-                self.schema = Some(Arc::new(schema));
-                Ok(None)
-            }
-            MessageHeader::RecordBatch => {
-                let schema = self
-                    .schema
-                    .clone()
-                    .ok_or_else(|| bad("a record batch came before the schema"))?;
-                let batch = message
-                    .header_as_record_batch()
-                    .ok_or_else(|| bad("the record batch header is missing"))?;
-                check_batch(&batch, body)?;
-                let decoded = guarded("a record batch", || {
-                    arrow_flight::utils::flight_data_to_arrow_batch(data, schema, &HashMap::new())
-                })?;
-                Ok(Some(decoded))
-            }
-            MessageHeader::DictionaryBatch => Err(bad(
-                "dictionary-encoded columns are not accepted; send plain string columns",
-            )),
-            other => Err(bad(format!(
-                "unexpected IPC message type {other:?}; DoPut takes a schema, then record batches"
-            ))),
-        }
-    }
-}
-
-/// The header of a record batch against the `body` bytes that arrived.
-fn check_batch(batch: &arrow_ipc::RecordBatch<'_>, body: u64) -> Result<()> {
-    if batch.compression().is_some() {
-        return Err(bad(
-            "compressed IPC bodies are not accepted; send uncompressed batches (gRPC compresses the stream if asked)",
-        ));
-    }
-    let rows = batch.length();
-    if !(0..=MAX_ROWS_PER_MESSAGE).contains(&rows) {
-        return Err(bad(format!(
-            "the batch claims {rows} rows; a message holds 0 to {MAX_ROWS_PER_MESSAGE}"
-        )));
-    }
-    for (i, node) in batch.nodes().into_iter().flatten().enumerate() {
-        let (len, nulls) = (node.length(), node.null_count());
-        if !(0..=i64::from(i32::MAX)).contains(&len) || nulls < 0 || nulls > len {
-            return Err(bad(format!(
-                "field node {i} claims {len} values with {nulls} nulls"
-            )));
-        }
-    }
-    for (i, buffer) in batch.buffers().into_iter().flatten().enumerate() {
-        let (offset, length) = (buffer.offset(), buffer.length());
-        let end = u64::try_from(offset)
-            .ok()
-            .zip(u64::try_from(length).ok())
-            .and_then(|(o, l)| o.checked_add(l));
-        if end.is_none_or(|end| end > body) {
-            return Err(bad(format!(
-                "buffer {i} claims bytes {offset}..+{length} of a {body}-byte body"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Runs an arrow decode, turning a panic into a refusal.
-fn guarded<T>(
-    what: &str,
-    decode: impl FnOnce() -> std::result::Result<T, arrow::error::ArrowError>,
-) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(decode)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(bad(format!("{what} does not decode: {e}"))),
-        Err(_) => Err(bad(format!(
-            "{what} is malformed (its lengths do not match its data)"
-        ))),
+        self.inner
+            .decode(&data.data_header, &data.data_body)
+            .map_err(|reason| Error::BadIpc { reason })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use arrow::array::{ArrayRef, StringArray};
-    use arrow::datatypes::{DataType, Field};
+    use arrow::datatypes::{DataType, Field, Schema};
     use arrow_flight::encode::FlightDataEncoderBuilder;
     use futures::TryStreamExt as _;
 

@@ -39,6 +39,7 @@ mod config;
 mod error;
 mod event;
 mod io;
+mod ipc;
 mod segment;
 mod store;
 mod wal;
@@ -50,6 +51,19 @@ use arrow_array::RecordBatch;
 
 pub use config::{Durability, DurabilityConfig, StorageConfig, parse_retention};
 pub use error::{Error, Result};
+pub use ipc::{IpcDecoder, MAX_ROWS_PER_MESSAGE};
+
+/// Entry points for the fuzz targets (feature `fuzzing`): recovery's
+/// readers over bytes no server wrote.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::wal::fuzzing::{frame as wal_frame, scan as scan_wal};
+
+    /// Loads a segment file as recovery does; its row count.
+    pub fn load_segment(path: &std::path::Path) -> crate::Result<u64> {
+        crate::segment::load_segment(path, 0, u64::MAX).map(|s| s.rows())
+    }
+}
 pub use event::{
     EventType, InvalidEventType, NewEvent, build_batch, event_schema, normalize_batch,
 };
