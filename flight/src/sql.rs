@@ -218,21 +218,30 @@ async fn yielding_stream(
     datafusion::physical_plan::execute_stream(plan, task)
 }
 
-/// A planning error: our limits by name, else DataFusion's text.
+/// A query's error: memory refusals as our limits, by name (an operator
+/// such as a sort may replace our message with its own), else DataFusion's
+/// text.
 fn sql_error(e: &DataFusionError) -> Error {
-    let message = e.find_root().to_string();
+    let DataFusionError::ResourcesExhausted(message) = e.find_root() else {
+        return Error::Sql(e.to_string());
+    };
     if message.contains(crate::engine::SERVER_MEMORY) {
-        Error::QueryLimit {
-            message,
+        return Error::QueryLimit {
+            message: message.clone(),
             retry: true,
-        }
-    } else if message.contains(crate::engine::QUERY_MEMORY) {
-        Error::QueryLimit {
-            message,
-            retry: false,
-        }
+        };
+    }
+    let message = if message.contains(crate::engine::QUERY_MEMORY) {
+        message.clone()
     } else {
-        Error::Sql(e.to_string())
+        format!(
+            "the query needs more memory than {} allows ({message}); aggregate, filter or LIMIT it",
+            crate::engine::QUERY_MEMORY
+        )
+    };
+    Error::QueryLimit {
+        message,
+        retry: false,
     }
 }
 

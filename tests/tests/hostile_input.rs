@@ -227,7 +227,7 @@ async fn a_query_over_its_time_limit_is_stopped_and_says_so() {
 #[tokio::test]
 async fn a_query_over_its_memory_limit_is_refused_and_names_it() {
     let server = TestServer::builder()
-        .toml("[flight_sql]\nmax_query_memory = 1048576")
+        .toml("[flight_sql]\nmax_query_memory = 4194304")
         .start()
         .await;
     let admin = server.token("acme", Role::Admin);
@@ -235,7 +235,7 @@ async fn a_query_over_its_memory_limit_is_refused_and_names_it() {
     let e = server
         .sql(&admin, "SELECT * FROM events ORDER BY data DESC")
         .await
-        .expect_err("over 1 MiB");
+        .expect_err("over 4 MiB");
     let status = flight_status(e);
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     assert!(
@@ -260,7 +260,7 @@ async fn a_query_over_its_memory_limit_is_refused_and_names_it() {
 #[tokio::test]
 async fn one_orgs_heavy_query_does_not_hold_up_anothers() {
     let server = TestServer::builder()
-        .toml("[flight_sql]\nquery_timeout = \"30s\"")
+        .toml("[flight_sql]\nquery_timeout = \"30s\"\nmax_queries_per_org = 1")
         .start()
         .await;
     let heavy = server.token("heavy", Role::Viewer);
@@ -290,7 +290,12 @@ async fn one_orgs_heavy_query_does_not_hold_up_anothers() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The heavy query runs once its org's one place is taken.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.sql_status(&heavy, "SELECT 1").await.is_ok() {
+        assert!(Instant::now() < deadline, "the heavy query never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let batches = server
         .sql(&light, "SELECT count(*) FROM events")
         .await
@@ -336,14 +341,19 @@ async fn an_orgs_queries_are_limited_and_a_dropped_query_frees_its_place() {
             while s.next().await.is_some() {}
         }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
 
-    // While it runs, the org's second query is refused, with Retry-After;
+    // Once it runs, the org's second query is refused, with Retry-After;
     // another org's is not.
-    let status = server
-        .sql_status(&admin, "SELECT 1")
-        .await
-        .expect_err("over max_queries_per_org");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match server.sql_status(&admin, "SELECT 1").await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the heavy query never started");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     assert!(status.message().contains("max_queries_per_org"), "{status}");
     assert!(status.metadata().get("retry-after").is_some(), "{status:?}");
