@@ -360,7 +360,7 @@ pub async fn graphql_handler(
 ) -> Response {
     let req = match crate::http::read_body(&state, body)
         .await
-        .and_then(|bytes| graphql_guard::request(&state, &bytes))
+        .and_then(|bytes| graphql_guard::request(&state.config, &bytes))
     {
         Ok(req) => req,
         Err(e) => return graphql_guard::error_response(e),

@@ -26,15 +26,15 @@ use axum::response::{IntoResponse, Response};
 use honeycell_types::ErrorClass;
 use serde_json::{Value, json};
 
-use crate::ApiState;
 use crate::error::ApiError;
+use crate::{ApiState, HttpConfig};
 
 /// The mutation field that stores events.
 const INGEST_FIELD: &str = "ingestEvents";
 
 /// Reads one GraphQL request from a JSON body, checked as the module header
 /// says.
-pub(crate) fn request(state: &ApiState, body: &[u8]) -> Result<async_graphql::Request, ApiError> {
+pub fn request(config: &HttpConfig, body: &[u8]) -> Result<async_graphql::Request, ApiError> {
     let value = crate::strict_json::parse(body).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
     })?;
@@ -68,7 +68,7 @@ pub(crate) fn request(state: &ApiState, body: &[u8]) -> Result<async_graphql::Re
         let key: String = key.chars().take(64).collect();
         return Err(shape(&format!("unknown member {key:?}")));
     }
-    check_nesting(&query, state.config.graphql_max_nesting)?;
+    check_nesting(&query, config.graphql_max_nesting)?;
 
     let mut request = async_graphql::Request::new(query).variables(variables);
     if let Some(name) = &operation_name {
@@ -84,7 +84,7 @@ pub(crate) fn request(state: &ApiState, body: &[u8]) -> Result<async_graphql::Re
                 "one_ingest_per_request",
                 format!(
                     "this mutation calls {INGEST_FIELD} {ingests} times; a request may ingest one batch (all or nothing): send its events in one {INGEST_FIELD} call, at most {} (http_limits.max_batch_events)",
-                    state.config.max_batch_events
+                    config.max_batch_events
                 ),
             ));
         }

@@ -15,7 +15,7 @@ use error::ApiError;
 pub mod graphql;
 mod graphql_audit;
 mod graphql_edges;
-mod graphql_guard;
+pub mod graphql_guard;
 mod graphql_keys;
 mod graphql_users;
 pub mod http;
