@@ -28,6 +28,9 @@ enum Scenario {
     Ingest,
     Burst,
     Overload,
+    /// One org sends the worst requests the server must refuse or bound,
+    /// beside neighbours in its cell and the other.
+    Hostile,
     Scaling,
     CellsVsShared,
     /// Steady tenants' latency beside a storm of new TLS connections.
@@ -43,6 +46,7 @@ impl Scenario {
             Scenario::Ingest => "ingest",
             Scenario::Burst => "burst",
             Scenario::Overload => "overload",
+            Scenario::Hostile => "hostile",
             Scenario::Scaling => "scaling",
             Scenario::CellsVsShared => "cells-vs-shared",
             Scenario::TlsHandshakes => "tls-handshakes",
@@ -55,7 +59,7 @@ impl Scenario {
 #[command(about = "Honeycell benchmarks against the real server")]
 struct Args {
     scenario: Scenario,
-    /// Shorter runs and smaller sizes (all --quick: under 5 minutes).
+    /// Shorter runs and smaller sizes (all --quick: about 6 minutes).
     #[arg(long)]
     quick: bool,
     /// Largest event count of flight-vs-json / events of the DoPut stream.
@@ -71,7 +75,8 @@ struct Args {
     /// Seconds per load phase, overriding each scenario's default.
     #[arg(long)]
     duration: Option<u64>,
-    /// Offered rate of `burst` in requests/s (default 10,000).
+    /// Offered rate in requests/s of `burst` (default 10,000) and of
+    /// `hostile`'s attacker (default 200).
     #[arg(long)]
     rate: Option<f64>,
     /// Server binary (default: target/release/honeycell, built if missing).
@@ -96,6 +101,7 @@ async fn run_one(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<PathBuf> {
         Scenario::Ingest => scenarios::ingest::run(ctx, &mut rep).await,
         Scenario::Burst => scenarios::burst::run(ctx, &mut rep).await,
         Scenario::Overload => scenarios::overload::run(ctx, &mut rep).await,
+        Scenario::Hostile => scenarios::hostile::run(ctx, &mut rep).await,
         Scenario::Scaling => scenarios::scaling::run(ctx, &mut rep).await,
         Scenario::CellsVsShared => scenarios::cells_vs_shared::run(ctx, &mut rep).await,
         Scenario::TlsHandshakes => scenarios::tls_handshakes::run(ctx, &mut rep).await,
@@ -134,8 +140,14 @@ fn main() -> anyhow::Result<()> {
         cells: args.cells.max(1),
         duration: args.duration,
         rate: args.rate,
+        // A debug build of the bench says so in every report's command.
         command: format!(
-            "cargo run -p honeycell-bench --release -- {}",
+            "cargo run -p honeycell-bench{} -- {}",
+            if cfg!(debug_assertions) {
+                " (debug build)"
+            } else {
+                " --release"
+            },
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
         ),
     };
@@ -148,6 +160,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Ingest,
             Scenario::Burst,
             Scenario::Overload,
+            Scenario::Hostile,
             Scenario::Scaling,
             Scenario::CellsVsShared,
             Scenario::TlsHandshakes,

@@ -356,12 +356,35 @@ impl Server {
 
     /// A token for `org` with subject `sub`.
     pub fn token_for(&self, org: &str, sub: &str) -> anyhow::Result<String> {
-        Ok(self.signer.mint(
-            &OrgId::new(org)?,
-            sub,
-            Role::Admin,
-            Duration::from_secs(7200),
-        )?)
+        self.token_as(org, sub, Role::Admin)
+    }
+
+    /// A token for `org` with subject `sub` and `role`, valid for two hours.
+    pub fn token_as(&self, org: &str, sub: &str, role: Role) -> anyhow::Result<String> {
+        Ok(self
+            .signer
+            .mint(&OrgId::new(org)?, sub, role, Duration::from_secs(7200))?)
+    }
+
+    /// The server's log so far (`HONEYCELL_LOG__LEVEL=warn`), when the bench
+    /// started it.
+    pub fn log(&self) -> Option<String> {
+        let dir = self._dir.as_ref()?;
+        std::fs::read_to_string(dir.path().join("server.log")).ok()
+    }
+
+    /// Whether the process the bench started is still running (not exited,
+    /// not a zombie); None against `--target`.
+    pub fn running(&self) -> Option<bool> {
+        let pid = self.pid()?;
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return Some(false);
+        };
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        Some(!matches!(state, "Z" | "X" | "x"))
     }
 
     /// The server's process id, when the bench started it.

@@ -4,6 +4,7 @@
 pub mod burst;
 pub mod cells_vs_shared;
 pub mod flight_vs_json;
+pub mod hostile;
 pub mod ingest;
 pub mod overload;
 pub mod roapi;
@@ -36,7 +37,8 @@ pub struct Ctx {
     pub cells: usize,
     /// Seconds per load phase, overriding the scenario's default.
     pub duration: Option<u64>,
-    /// Offered rate of `burst`, overriding 10,000 req/s.
+    /// Offered rate of `burst` (overriding 10,000 req/s) or of `hostile`'s
+    /// attacker (overriding 200 req/s).
     pub rate: Option<f64>,
     /// The command line, for the report.
     pub command: String,

@@ -32,7 +32,7 @@ const LABELS: [&str; 2] = [
 ];
 
 /// The first `n` orgs named `<prefix>-<i>` that `cell` owns (of 2).
-fn orgs_in(prefix: &str, cell: usize, n: usize) -> anyhow::Result<Vec<String>> {
+pub fn orgs_in(prefix: &str, cell: usize, n: usize) -> anyhow::Result<Vec<String>> {
     let router = Router::new(2, [])?;
     let mut out = Vec::new();
     for i in 0..100_000 {
