@@ -275,22 +275,24 @@ async fn one_orgs_heavy_query_does_not_hold_up_anothers() {
         let cell_port = server.cell_port(owner_of("heavy", 2));
         let token = heavy.clone();
         tokio::spawn(async move {
-            let mut c = server_sql;
-            let info = c.execute(CROSS.to_owned(), None).await;
-            let ticket = info
-                .ok()
-                .and_then(|i| i.endpoint.first().and_then(|e| e.ticket.clone()));
-            let mut at = flight_sql_client(cell_port, &token).await;
-            match ticket {
-                Some(t) => match at.do_get(t).await {
-                    Ok(stream) => stream.try_collect::<Vec<_>>().await.map(|_| ()),
-                    Err(e) => Err(e),
-                },
-                None => Ok(()),
+            // Planning and executing each take the org's one place, which
+            // the probe below may hold a moment: retry until it runs.
+            loop {
+                let mut c = server_sql.clone();
+                let Ok(info) = c.execute(CROSS.to_owned(), None).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+                let mut at = flight_sql_client(cell_port, &token).await;
+                match at.do_get(ticket).await {
+                    Ok(stream) => return stream.try_collect::<Vec<_>>().await.map(|_| ()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
             }
         })
     };
-    // The heavy query runs once its org's one place is taken.
+    // The heavy query runs once its org's one place stays taken.
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.sql_status(&heavy, "SELECT 1").await.is_ok() {
         assert!(Instant::now() < deadline, "the heavy query never started");
@@ -299,7 +301,7 @@ async fn one_orgs_heavy_query_does_not_hold_up_anothers() {
     let batches = server
         .sql(&light, "SELECT count(*) FROM events")
         .await
-        .expect("the other org's count");
+        .unwrap_or_else(|e| panic!("the other org's count: {e}"));
     assert_eq!(
         batches[0]
             .column(0)
@@ -307,6 +309,11 @@ async fn one_orgs_heavy_query_does_not_hold_up_anothers() {
             .value(0),
         100
     );
+    let status = server
+        .sql_status(&heavy, "SELECT 1")
+        .await
+        .expect_err("the heavy query still holds its org's place");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
     assert!(
         !hog.is_finished(),
         "the light query must finish while the heavy one still runs (after {:?})",
@@ -336,9 +343,16 @@ async fn an_orgs_queries_are_limited_and_a_dropped_query_frees_its_place() {
     let port = location_port(&ep.location[0].uri);
     let mut at = flight_sql_client(port, &admin).await;
     let reading = tokio::spawn(async move {
-        let stream = at.do_get(ep.ticket.expect("ticket")).await;
-        if let Ok(mut s) = stream {
-            while s.next().await.is_some() {}
+        let ticket = ep.ticket.expect("ticket");
+        // The probe below may hold the org's one place a moment: retry.
+        loop {
+            match at.do_get(ticket.clone()).await {
+                Ok(mut s) => {
+                    while s.next().await.is_some() {}
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
     });
 
