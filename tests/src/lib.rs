@@ -651,11 +651,7 @@ impl TestServer {
             .send()
             .await
             .expect("GET /v1/events");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body of GET /v1/events");
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("GET /v1/events answered non-JSON ({e}): {text}"));
-        (status, body)
+        json_answer("GET /v1/events", resp).await
     }
 
     /// Every event matching `query` over HTTP JSON, following `next_cursor`
@@ -989,6 +985,18 @@ impl Drop for TestServer {
             );
         }
     }
+}
+
+/// An answer as (status, JSON body); a body that is not JSON fails the test.
+pub async fn json_answer(what: &str, resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("body of {what}: {e}"));
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what} answered non-JSON ({e}) with {status}: {text}"));
+    (status, body)
 }
 
 // ---- Flight helpers ----

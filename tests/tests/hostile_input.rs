@@ -58,11 +58,7 @@ async fn graphql_raw(
         .send()
         .await
         .expect("POST /graphql");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("/graphql answered non-JSON ({e}) with {status}: {text}"));
-    (status, body)
+    json_answer("POST /graphql", resp).await
 }
 
 // ---- 1. Recursion: nothing nests deeper than the stack can hold ----

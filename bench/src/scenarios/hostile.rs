@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use super::overload::orgs_in;
-use super::{Ctx, authed, events_body, get, make_batch, median, post_events};
+use super::{Ctx, authed, events_body, make_batch, median, post_events};
 use crate::load::{self, ClassStats, Outcome, RunStats};
 use crate::report::{Report, class_table, run_json};
 use crate::server::{Meter, Server, Usage, mb};
@@ -954,22 +954,14 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             let name = if attack { "attack" } else { "baseline" };
             let msg = format!("hostile {name} {}/{runs}", r + 1);
             let http = load::open_loop(&GROUPS, calm_rate, duration, 1024, &msg, |i| {
-                let (cell, token) = calm[(i % calm.len() as u64) as usize].clone();
-                let client = client.clone();
-                let fut: BoxFuture<'static, Outcome> = if (i / calm.len() as u64).is_multiple_of(2)
-                {
-                    Box::pin(post_events(
-                        client,
-                        ingest_url.clone(),
-                        token,
-                        small.clone(),
-                        cell,
-                        5,
-                    ))
-                } else {
-                    Box::pin(get(client, query_url.clone(), token, cell))
-                };
-                fut
+                super::overload::neighbour_request(
+                    &client,
+                    &calm,
+                    &ingest_url,
+                    &query_url,
+                    &small,
+                    i,
+                )
             });
             let sql = load::open_loop(
                 &SQL_GROUPS,

@@ -31,6 +31,32 @@ const LABELS: [&str; 2] = [
     "neighbours, other cell",
 ];
 
+/// Request `i` of the well-behaved neighbours `calm` (cell, token): each
+/// in turn, alternating a small `POST /v1/events` and a page of reads.
+pub fn neighbour_request(
+    client: &reqwest::Client,
+    calm: &[(usize, Arc<str>)],
+    ingest_url: &Arc<str>,
+    query_url: &str,
+    small: &[u8],
+    i: u64,
+) -> futures::future::BoxFuture<'static, load::Outcome> {
+    let (cell, token) = calm[(i % calm.len() as u64) as usize].clone();
+    let client = client.clone();
+    if (i / calm.len() as u64).is_multiple_of(2) {
+        Box::pin(post_events(
+            client,
+            ingest_url.clone(),
+            token,
+            small.to_vec(),
+            cell,
+            5,
+        ))
+    } else {
+        Box::pin(get(client, query_url.to_owned(), token, cell))
+    }
+}
+
 /// The first `n` orgs named `<prefix>-<i>` that `cell` owns (of 2).
 pub fn orgs_in(prefix: &str, cell: usize, n: usize) -> anyhow::Result<Vec<String>> {
     let router = Router::new(2, [])?;
@@ -114,22 +140,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
                 r + 1
             );
             let neighbours = load::open_loop(&LABELS, calm_rate, duration, 1024, &msg, |i| {
-                let (cell, token) = calm[(i % calm.len() as u64) as usize].clone();
-                let client = client.clone();
-                let fut: futures::future::BoxFuture<'static, load::Outcome> =
-                    if (i / calm.len() as u64).is_multiple_of(2) {
-                        Box::pin(post_events(
-                            client,
-                            ingest_url.clone(),
-                            token,
-                            small.clone(),
-                            cell,
-                            5,
-                        ))
-                    } else {
-                        Box::pin(get(client, query_url.clone(), token, cell))
-                    };
-                fut
+                neighbour_request(&client, &calm, &ingest_url, &query_url, &small, i)
             });
             let flood_run = async {
                 if !flood {
