@@ -85,9 +85,11 @@ impl SqlService {
         let (tx, rx) = mpsc::channel(4);
         let limit = engine.config().query_timeout;
         engine.pool().clone().spawn(async move {
-            let _admission = admission;
             let started = Instant::now();
             let planned = tokio::time::timeout(limit, plan(&engine, snapshot, &sql)).await;
+            // The place is given back before the answer goes out, so that a
+            // client's next call (DoGet after GetFlightInfo) finds it free.
+            let admission = (execute && matches!(planned, Ok(Ok(_)))).then_some(admission);
             let df = match planned {
                 Ok(Ok(df)) => df,
                 Ok(Err(e)) => {
@@ -101,9 +103,9 @@ impl SqlService {
             };
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let _ = schema_tx.send(Ok(schema));
-            if !execute {
+            let Some(_admission) = admission else {
                 return;
-            }
+            };
             // Time spent waiting for the client to read (`tx.send`) is not
             // the query's: only computing counts against the limit.
             let mut left = limit.saturating_sub(started.elapsed());
