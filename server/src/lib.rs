@@ -118,6 +118,9 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         // DataFusion grows its stack where it recurses (recursive_protection);
         // the rest of a plan's depth is bounded by the SQL text's size.
         .thread_stack_size(32 * 1024 * 1024)
+        // Queries yield to the cells for the CPU: a heavy query may take the
+        // cores the cells leave idle, never the time their requests need.
+        .on_thread_start(lower_priority)
         .enable_all()
         .build()
         .context("cannot start the query pool")?;
@@ -353,6 +356,26 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     result?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Gives the calling thread the lowest scheduling priority short of idle
+/// (nice 10 above the process's), so that query workers run when cells do
+/// not need the CPU. On Linux the nice value is per thread.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread; no memory is shared.
+        let rc = unsafe {
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                libc::gettid() as libc::id_t,
+                libc::getpriority(libc::PRIO_PROCESS, 0) + 10,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a query worker's priority");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
