@@ -36,7 +36,9 @@ use honeycell_types::{CellId, ErrorClass};
 
 pub use bus::{CellHandle, IngestAck};
 pub use config::{AdmissionConfig, RateLimitConfig};
-pub use runtime::{CellContext, CellSpec, Cells, Shutdown, start, start_shared};
+pub use runtime::{
+    CellContext, CellSpec, Cells, Open, OpenError, Serving, Shutdown, start, start_shared,
+};
 
 /// Errors of the cells.
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +55,21 @@ pub enum Error {
     BusFull { cell: CellId },
     #[error("{cell} is not running (shutting down?)")]
     CellGone { cell: CellId },
-    #[error("{cell} panicked")]
-    CellPanicked { cell: CellId },
+    #[error("{cell} panicked: {message}")]
+    CellPanicked { cell: CellId, message: String },
     #[error("{cell} failed to start: {reason}")]
     CellStart { cell: CellId, reason: String },
+    /// A cell could not open its storage or its services (the source says
+    /// which and why).
+    #[error("{cell} failed to open")]
+    CellOpen {
+        cell: CellId,
+        #[source]
+        source: runtime::OpenError,
+    },
+    /// A cell's servers or owner task ended while the server was running.
+    #[error("{cell} stopped serving on its own (its servers or owner task ended)")]
+    CellStopped { cell: CellId },
     #[error("could not start the runtime of {cell}: {source}")]
     Runtime {
         cell: CellId,
@@ -109,6 +122,8 @@ impl Error {
             Error::Arrow(_)
             | Error::CellPanicked { .. }
             | Error::CellStart { .. }
+            | Error::CellOpen { .. }
+            | Error::CellStopped { .. }
             | Error::Runtime { .. }
             | Error::CellCount { .. } => ErrorClass::Internal,
         }

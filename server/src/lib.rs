@@ -2,16 +2,22 @@
 //! to their protocol servers. `main.rs` only parses the command line and
 //! calls [`run`]; tests and benches start the real binary.
 //!
-//! Start-up order: bind every listener on the main thread (so that port 0
-//! resolves once and every cell shares the same port through SO_REUSEPORT),
-//! start the query pool, start the cells (each opens its storage and recovers
-//! the orgs it owns), write the ports file, then wait for SIGTERM/SIGINT.
+//! Start-up order: lock the data directory (one server per data dir, see
+//! `lock.rs`), bind every listener on the main thread (so that port 0
+//! resolves once and every cell shares the same port through SO_REUSEPORT;
+//! a port another process serves is refused), start the query pool, start
+//! the cells (each opens its storage, recovers the orgs it owns and opens
+//! its services; none serves until all have), write the ports file, then
+//! wait for SIGTERM/SIGINT — or for a cell to fail.
 //! Shutdown: every cell stops accepting, drains its connections, answers the
-//! hops still in flight, flushes and fsyncs its WAL, and the process exits 0.
+//! hops still in flight, flushes and fsyncs its WAL, and the process exits 0
+//! (1 when it stopped because a cell failed while serving, [`CellFailed`]).
 
 pub mod admin;
 pub mod config;
+mod fault;
 mod listeners;
+pub mod lock;
 
 use std::sync::Arc;
 
@@ -22,7 +28,7 @@ use honeycell_cell::{CellContext, CellSpec};
 use honeycell_control::{AuditSink, Authenticator, OAuth, TokenService};
 use honeycell_flight::{FlightState, HoneycellFlight};
 use honeycell_router::Router;
-use honeycell_types::OrgId;
+use honeycell_types::{CellId, OrgId};
 
 pub use config::Config;
 use listeners::CellListeners;
@@ -42,10 +48,26 @@ pub fn init_logging(config: &config::LogConfig) {
     };
 }
 
+/// The error of a server that stopped because a cell failed while serving
+/// (after the other cells drained); the binary exits with status 1 for it,
+/// 2 for a server that could not start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{cell} failed while serving; the other cells drained and the server stopped (a supervisor should restart it)"
+)]
+pub struct CellFailed {
+    pub cell: CellId,
+}
+
 /// Runs the server until `stop` resolves (the binary passes a future of
-/// SIGTERM/SIGINT).
+/// SIGTERM/SIGINT) or a cell fails ([`CellFailed`]).
 pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
+    // Held until this function returns: nothing else may open the data dir.
+    let _lock = lock::DataDirLock::acquire(&config.data_dir)?;
+    let fault = fault::from_env()?;
     let cells = config.cell_count();
     let (jwt, dev_key) = config.jwt_effective()?;
     if dev_key {
@@ -56,8 +78,6 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     }
     let verifier = Verifier::new(&jwt).context("jwt")?;
     let tls = honeycell_tls::Tls::load(&config.tls)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
 
     // The main thread's runtime: it prepares the control-plane store (and
     // applies migrations) before any cell starts, then waits for `stop`.
@@ -145,10 +165,9 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         honeycell_flight::QueryEngine::new(config.flight_sql.clone(), query_pool.handle().clone());
     let max_append_rows = config.http_limits.max_batch_events.max(65_536);
     let cell_tls = tls.clone();
+    let data_dir = config.data_dir.clone();
 
-    let serve = move |ctx: CellContext,
-                      listeners: CellListeners|
-          -> futures::future::LocalBoxFuture<'static, ()> {
+    let serve = move |ctx: CellContext, listeners: CellListeners| -> honeycell_cell::Open {
         let verifier = verifier.clone();
         let opener = opener.clone();
         let jwt = jwt.clone();
@@ -160,19 +179,20 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let connections_config = connections_config.clone();
         let oauth_config = oauth_config.clone();
         let redis_config = redis_config.clone();
-        Box::pin(async move {
+        let data_dir = data_dir.clone();
+        let open = async move {
             let cell = ctx.handle.id();
+            // Opening: any failure here stops the whole start (the error
+            // names the cell and the service).
+            fault::check_open(fault, cell)?;
             // Each cell its own store handle: with PostgreSQL, its own pool,
             // connected from (and driven by) this cell's runtime.
-            let control = match opener.open().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(%cell, error = %e, "cannot open the control plane store");
-                    return;
-                }
-            };
+            let control = opener
+                .open()
+                .await
+                .context("cannot open the control plane store")?;
             let (audit, audit_writer) = AuditSink::spawn(control.clone());
-            let tokens = match TokenService::load(
+            let tokens = TokenService::load(
                 control.clone(),
                 jwt.clone(),
                 access_ttl,
@@ -180,41 +200,26 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 key_reload,
             )
             .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(%cell, error = %e, "cannot load the signing keys");
-                    return;
-                }
-            };
+            .context("cannot load the signing keys")?;
             let oauth = if oauth_config.providers.is_empty() {
                 None
             } else {
-                match OAuth::new(
-                    &oauth_config,
-                    control.clone(),
-                    tokens.clone(),
-                    audit.clone(),
-                ) {
-                    Ok(o) => Some(o),
-                    Err(e) => {
-                        tracing::error!(%cell, error = %e, "cannot set up OAuth sign-in");
-                        return;
-                    }
-                }
+                Some(
+                    OAuth::new(
+                        &oauth_config,
+                        control.clone(),
+                        tokens.clone(),
+                        audit.clone(),
+                    )
+                    .context("cannot set up OAuth sign-in")?,
+                )
             };
             // Each cell its own Redis connection (made on first use).
-            let redis = match redis_config
+            let redis = redis_config
                 .as_ref()
                 .map(honeycell_queue::Redis::new)
                 .transpose()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(%cell, error = %e, "cannot set up Redis");
-                    return;
-                }
-            };
+                .context("cannot set up Redis")?;
             let auth = Authenticator::new(
                 verifier,
                 Some(tokens),
@@ -235,72 +240,75 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 engine,
                 max_append_rows,
             };
-            let flight = match HoneycellFlight::new(flight_state) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(%cell, error = %e, "cannot build the Flight service");
-                    return;
-                }
-            };
-            // The cell's three listeners share one accept layer, and so its
-            // connection limit; its counts go to the cell's metrics.
-            let connections = honeycell_tls::conn::Connections::new(
-                connections_config,
-                max_connections,
-                tls,
-                Some(Box::new(|counts: honeycell_tls::conn::Counts| {
-                    honeycell_cell::metrics::with(|m| {
-                        m.connections_open = counts.open as u64;
-                        m.connections_refused = counts.refused;
-                    });
-                })),
-            );
-            let http = honeycell_api::serve(
-                listeners.http,
-                connections.clone(),
-                api,
-                ctx.shutdown.clone(),
-            );
-            let flight = honeycell_flight::serve(
-                vec![listeners.flight_shared, listeners.flight_cell],
-                connections,
-                flight,
-                ctx.shutdown.clone(),
-            );
-            // API keys' last-use times, written in one batch per interval.
-            let flusher = {
-                let auth = auth.clone();
-                let stop = ctx.shutdown.clone().wait();
-                async move {
-                    tokio::pin!(stop);
-                    let mut tick = tokio::time::interval(flush_every);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => {}
-                            () = &mut stop => break,
+            let flight =
+                HoneycellFlight::new(flight_state).context("cannot build the Flight service")?;
+            let serving: honeycell_cell::Serving = Box::pin(async move {
+                // The cell's three listeners share one accept layer, and so
+                // its connection limit; its counts go to the cell's metrics.
+                let connections = honeycell_tls::conn::Connections::new(
+                    connections_config,
+                    max_connections,
+                    tls,
+                    Some(Box::new(|counts: honeycell_tls::conn::Counts| {
+                        honeycell_cell::metrics::with(|m| {
+                            m.connections_open = counts.open as u64;
+                            m.connections_refused = counts.refused;
+                        });
+                    })),
+                );
+                let http = honeycell_api::serve(
+                    listeners.http,
+                    connections.clone(),
+                    api,
+                    ctx.shutdown.clone(),
+                );
+                let flight = honeycell_flight::serve(
+                    vec![listeners.flight_shared, listeners.flight_cell],
+                    connections,
+                    flight,
+                    ctx.shutdown.clone(),
+                );
+                // API keys' last-use times, written in one batch per interval.
+                let flusher = {
+                    let auth = auth.clone();
+                    let stop = ctx.shutdown.clone().wait();
+                    async move {
+                        tokio::pin!(stop);
+                        let mut tick = tokio::time::interval(flush_every);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tokio::select! {
+                                _ = tick.tick() => {}
+                                () = &mut stop => break,
+                            }
+                            if let Err(e) = auth.flush_last_used().await {
+                                tracing::warn!(%cell, error = %e, "cannot record API key use");
+                            }
                         }
-                        if let Err(e) = auth.flush_last_used().await {
-                            tracing::warn!(%cell, error = %e, "cannot record API key use");
-                        }
+                        let _ = auth.flush_last_used().await;
                     }
-                    let _ = auth.flush_last_used().await;
+                };
+                let servers = async { futures::join!(http, flight, flusher) };
+                let (h, f, ()) = tokio::select! {
+                    r = servers => r,
+                    never = fault::panic_when_triggered(fault, cell, data_dir) => match never {},
+                };
+                drop(auth);
+                // The sinks went with the servers: the writer ends once it has
+                // written what was queued.
+                if let Err(e) = audit_writer.await {
+                    tracing::error!(%cell, error = %e, "audit writer failed");
                 }
-            };
-            let (h, f, ()) = futures::join!(http, flight, flusher);
-            drop(auth);
-            // The sinks went with the servers: the writer ends once it has
-            // written what was queued.
-            if let Err(e) = audit_writer.await {
-                tracing::error!(%cell, error = %e, "audit writer failed");
-            }
-            if let Err(e) = h {
-                tracing::error!(%cell, error = %e, "HTTP server failed");
-            }
-            if let Err(e) = f {
-                tracing::error!(%cell, error = %e, "Flight server failed");
-            }
-        })
+                if let Err(e) = h {
+                    tracing::error!(%cell, error = %e, "HTTP server failed");
+                }
+                if let Err(e) = f {
+                    tracing::error!(%cell, error = %e, "Flight server failed");
+                }
+            });
+            anyhow::Ok(serving)
+        };
+        Box::pin(async move { open.await.map_err(honeycell_cell::OpenError::from) })
     };
 
     let running = if shared {
@@ -309,10 +317,11 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
             .into_iter()
             .next()
             .context("no listeners bound")?;
-        honeycell_cell::start_shared(spec, cells, listeners, serve)?
+        honeycell_cell::start_shared(spec, cells, listeners, serve)
     } else {
-        honeycell_cell::start(spec, router, bound.per_cell, serve)?
-    };
+        honeycell_cell::start(spec, router, bound.per_cell, serve)
+    }
+    .context("cannot start the cells")?;
     if let Some(path) = &config.ports_file {
         let ports = serde_json::json!({
             "http": bound.http_port,
@@ -338,21 +347,38 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     );
 
     // Wait for the stop signal on this (main) thread, which meanwhile
-    // reloads the TLS files when they change.
-    waiter.block_on(async {
-        match tls.clone() {
-            Some(tls) => {
-                tokio::select! {
-                    () = stop => {}
-                    () = tls.watch() => {}
-                }
+    // reloads the TLS files when they change, or for a cell to stop on its
+    // own: then the others stop too, rather than leave a process that
+    // answers with some cells dead.
+    let failed = waiter.block_on(async {
+        let reload = async {
+            match tls.clone() {
+                Some(tls) => tls.watch().await,
+                None => std::future::pending().await,
             }
-            None => stop.await,
+        };
+        tokio::select! {
+            () = stop => None,
+            () = reload => None,
+            cell = running.failed() => Some(cell),
         }
     });
-    tracing::info!("stopping: draining connections and flushing the WAL");
+    match failed {
+        None => tracing::info!("stopping: draining connections and flushing the WAL"),
+        Some(cell) => tracing::error!(
+            %cell,
+            "a cell stopped serving: stopping the others (draining connections, flushing the WAL), then exiting with status 1"
+        ),
+    }
     let result = running.shutdown();
     query_pool.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Some(cell) = failed {
+        let cause = match result {
+            Err(e) => anyhow::Error::new(e),
+            Ok(()) => anyhow::Error::new(honeycell_cell::Error::CellStopped { cell }),
+        };
+        return Err(cause.context(CellFailed { cell }));
+    }
     result?;
     tracing::info!("stopped cleanly");
     Ok(())

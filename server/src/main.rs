@@ -261,7 +261,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            // 1: a cell failed while serving (restart me); 2: did not start
+            // (configuration, data dir or port in use, a cell failed to open).
+            if e.downcast_ref::<honeycell::CellFailed>().is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
 }

@@ -4,8 +4,9 @@
 //! [`TestServer`] spawns the binary on port 0 with a fresh data directory,
 //! reads the bound ports back from `--ports-file`, polls `/ready` with a
 //! deadline, and kills the process when dropped (printing the server's log
-//! if the test panicked). Nothing here sleeps before first use or picks a
-//! fixed port. Each server gets its own random HS256 secret through
+//! if the test panicked); [`ServerBuilder::start_expecting_exit`] runs one
+//! that must refuse to start. Nothing here sleeps before first use or picks
+//! a fixed port. Each server gets its own random HS256 secret through
 //! `HONEYCELL_JWT_SECRET`, so tokens can be minted in-process with
 //! [`honeycell_auth::Signer`] or through `honeycell token` alike.
 //!
@@ -159,6 +160,8 @@ pub struct ServerBuilder {
     keys: Keys,
     tls: Option<TlsClient>,
     http_addr: String,
+    flight_addr: String,
+    data_dir: Option<PathBuf>,
     nofile: Option<u64>,
 }
 
@@ -172,6 +175,8 @@ impl Default for ServerBuilder {
             keys: Keys::Hs256(random_secret()),
             tls: None,
             http_addr: "127.0.0.1:0".into(),
+            flight_addr: "127.0.0.1:0".into(),
+            data_dir: None,
             nofile: None,
         }
     }
@@ -232,6 +237,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve Flight on this port (default: any free one).
+    pub fn flight_port(mut self, port: u16) -> Self {
+        self.flight_addr = format!("127.0.0.1:{port}");
+        self
+    }
+
+    /// Use this data directory (default: `data` in the server's own
+    /// temporary directory), e.g. another server's.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// The server speaks TLS (its `[tls]` is in the TOML): the harness's
     /// HTTP and Flight clients use `client`.
     /// Start the server with this descriptor limit (RLIMIT_NOFILE, soft
@@ -249,6 +267,42 @@ impl ServerBuilder {
     pub async fn start(self) -> TestServer {
         TestServer::start(self).await
     }
+
+    /// Starts `honeycell serve` expecting it to refuse to start: waits (up
+    /// to [`START_DEADLINE`]) for it to exit and returns how it exited with
+    /// its log. Panics if it writes its ports file (it started) instead.
+    pub async fn start_expecting_exit(self) -> Exited {
+        let mut server = TestServer::new_stopped(self);
+        server.launch();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = server.try_exit() {
+                return Exited {
+                    status,
+                    log: server.log(),
+                };
+            }
+            assert!(
+                !server.ports_file().exists(),
+                "honeycell started where it should have refused to; log:\n{}",
+                server.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "honeycell neither started nor exited within {START_DEADLINE:?}; log:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// How a server that ended by itself exited.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    /// Its stdout and stderr.
+    pub log: String,
 }
 
 /// A running `honeycell serve`, killed on drop.
@@ -282,6 +336,12 @@ impl TestServer {
     }
 
     async fn start(builder: ServerBuilder) -> TestServer {
+        let mut server = TestServer::new_stopped(builder);
+        server.spawn().await;
+        server
+    }
+
+    fn new_stopped(builder: ServerBuilder) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("honeycell-e2e-")
             .tempdir()
@@ -305,7 +365,7 @@ impl TestServer {
                 .build()
                 .expect("reqwest client"),
         };
-        let mut server = TestServer {
+        TestServer {
             builder,
             dir,
             child: None,
@@ -318,9 +378,7 @@ impl TestServer {
             http,
             signer,
             starts: 0,
-        };
-        server.spawn().await;
-        server
+        }
     }
 
     /// The directory holding the data dir, config, ports file and log.
@@ -329,7 +387,10 @@ impl TestServer {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.builder
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     fn ports_file(&self) -> PathBuf {
@@ -354,6 +415,13 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
+        self.launch();
+        self.ports = self.wait_for_ports().await;
+        self.wait_ready().await;
+    }
+
+    /// Starts the process, without waiting for anything.
+    fn launch(&mut self) {
         assert!(self.child.is_none(), "spawn: the server is already running");
         let _ = std::fs::remove_file(self.ports_file());
         // pin_cores is off: many test servers share two cores.
@@ -373,7 +441,8 @@ impl TestServer {
             .arg(self.config_file())
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--http", &self.builder.http_addr, "--flight", "127.0.0.1:0"])
+            .args(["--http", &self.builder.http_addr])
+            .args(["--flight", &self.builder.flight_addr])
             .arg("--ports-file")
             .arg(self.ports_file())
             .arg("--cells")
@@ -424,8 +493,35 @@ impl TestServer {
             }
         }
         self.child = Some(cmd.spawn().expect("spawn honeycell serve"));
-        self.ports = self.wait_for_ports().await;
-        self.wait_ready().await;
+    }
+
+    /// The exit status if the process has ended by itself (reaped).
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        let status = self
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for honeycell")?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Waits, up to `deadline`, for the server to exit by itself (not
+    /// asked to); its exit status. Panics if it is still running then.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            assert!(self.child.is_some(), "wait_exit: the server is not running");
+            assert!(
+                Instant::now() < until,
+                "honeycell still running after {deadline:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn check_alive(&mut self, what: &str) {
