@@ -51,8 +51,12 @@ pub enum Error {
     RateLimited(limits::Limited),
     #[error("server busy: {reason}; retry shortly")]
     Admission { cell: CellId, reason: String },
-    #[error("server busy: the inbox of {cell} is full; retry shortly")]
+    #[error("server busy: the inbox of {cell} is full (admission.bus_capacity); retry shortly")]
     BusFull { cell: CellId },
+    #[error(
+        "the batch holds {bytes} bytes in memory, more than a cell may buffer (admission.max_buffered_mb = {max_buffered_mb}); send smaller batches"
+    )]
+    BatchOverBuffer { bytes: u64, max_buffered_mb: u64 },
     #[error("{cell} is not running (shutting down?)")]
     CellGone { cell: CellId },
     #[error("{cell} panicked: {message}")]
@@ -118,6 +122,7 @@ impl Error {
             Error::Forbidden { .. }
             | Error::ScopeForbidden { .. }
             | Error::QuotaExceeded { .. } => ErrorClass::Forbidden,
+            Error::BatchOverBuffer { .. } => ErrorClass::TooLarge,
             Error::BadCursor { .. } | Error::BadFilter { .. } => ErrorClass::BadRequest,
             Error::Arrow(_)
             | Error::CellPanicked { .. }

@@ -176,7 +176,22 @@ impl Owner {
     }
 
     /// Rate limits, then admission control: queue depth and buffered memory.
-    fn admit(&self, ctx: &TenantContext, kind: OpKind, queued: usize, bytes: usize) -> Result<()> {
+    fn admit(
+        self: &Rc<Self>,
+        ctx: &TenantContext,
+        kind: OpKind,
+        queued: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let buffer_limit = self.admission.max_buffered_mb * 1024 * 1024;
+        // A batch the whole cell could not buffer is never admitted:
+        // refused as too large, not with a 429 that invites retries.
+        if bytes as u64 > buffer_limit {
+            return Err(Error::BatchOverBuffer {
+                bytes: bytes as u64,
+                max_buffered_mb: self.admission.max_buffered_mb,
+            });
+        }
         let now = Instant::now();
         if let Err(limited) = self.limiter.borrow_mut().check_with(
             ctx.org.as_str(),
@@ -200,10 +215,10 @@ impl Owner {
             });
         }
         if kind == OpKind::Write {
-            let limit = self.admission.max_buffered_mb * 1024 * 1024;
             let held = self.store.buffered_bytes() + bytes as u64;
-            if held > limit {
+            if held > buffer_limit {
                 metrics::with(|m| m.admission_rejected += 1);
+                self.relieve_buffers(buffer_limit / 2);
                 return Err(Error::Admission {
                     cell: self.id,
                     reason: format!(
@@ -214,6 +229,30 @@ impl Owner {
             }
         }
         Ok(())
+    }
+
+    /// Seals the largest memtables of the cell's orgs (in the background)
+    /// until what stays buffered is at most `target` bytes. Memtables seal
+    /// on their own only past `storage.segment_max_*`, per org; without this
+    /// a cell whose orgs together hold `admission.max_buffered_mb` below
+    /// those thresholds would refuse every write from then on.
+    fn relieve_buffers(self: &Rc<Self>, target: u64) {
+        let mut held: Vec<(u64, OrgId, OrgLog)> = self
+            .orgs
+            .borrow()
+            .iter()
+            .map(|(org, log)| (log.memtable_bytes(), org.clone(), log.clone()))
+            .filter(|(bytes, ..)| *bytes > 0)
+            .collect();
+        held.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        let mut left = self.store.buffered_bytes();
+        for (bytes, org, log) in held {
+            if left <= target {
+                break;
+            }
+            left = left.saturating_sub(bytes);
+            self.maintain(org, log, true);
+        }
     }
 
     async fn log(&self, org: &OrgId) -> Result<OrgLog> {

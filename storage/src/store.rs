@@ -437,6 +437,13 @@ impl OrgLog {
             + self.inner.io.wal_bytes.load(Ordering::Acquire)
     }
 
+    /// Bytes of durable events held in memory, not yet sealed into a
+    /// segment (this org's share of [`Store::buffered_bytes`]).
+    pub fn memtable_bytes(&self) -> u64 {
+        self.publish_durable();
+        self.inner.state.borrow().memtable_bytes
+    }
+
     pub fn event_count(&self) -> u64 {
         self.end_offset() - self.first_offset()
     }
