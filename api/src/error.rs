@@ -75,6 +75,10 @@ impl From<honeycell_cell::Error> for ApiError {
         };
         let mut err = Self::new(class, code, e.to_string());
         err.permission = permission;
+        // An event refused by storage's rules: its index in the batch.
+        if let honeycell_cell::Error::Storage(honeycell_storage::Error::Schema { row, .. }) = &e {
+            err.index = *row;
+        }
         err
     }
 }

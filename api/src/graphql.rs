@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use honeycell_auth::TenantContext;
-use honeycell_cell::query::{self, Bucket, Cursor, GroupBy, col};
-use honeycell_storage::build_batch;
+use honeycell_cell::query::{self, Bucket, Cursor, GroupBy};
+use honeycell_storage::{build_batch, col};
 use honeycell_types::ErrorClass;
 use serde_json::Value;
 

@@ -25,7 +25,8 @@ use async_graphql::registry::Registry;
 use async_graphql::{
     ContextSelectionSet, Json, Name, OutputType, Positioned, ServerResult, SimpleObject, Value,
 };
-use honeycell_cell::query::{Cursor, col};
+use honeycell_cell::query::Cursor;
+use honeycell_storage::col;
 
 use crate::json::rfc3339_us;
 

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use honeycell_auth::TenantContext;
 use honeycell_cell::metrics;
 use honeycell_cell::query::{self, Cursor, EventFilter};
-use honeycell_storage::build_batch;
+use honeycell_storage::{build_batch, col};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -137,7 +137,7 @@ pub async fn post_events(
         ));
     };
     let batch = build_batch(&ctx.org, &events, now_us())?;
-    let ids = batch.column(query::col::EVENT_ID).clone();
+    let ids = batch.column(col::EVENT_ID).clone();
     let ack = state
         .cells
         .ingest(&ctx, batch)

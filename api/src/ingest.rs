@@ -1,8 +1,12 @@
-//! Parsing and validating events sent as JSON (HTTP body or GraphQL input)
-//! into storage's `NewEvent`s. Validation is all-or-nothing per batch: the
-//! first bad event is reported with its index and nothing is stored.
+//! Reading events sent as JSON (HTTP body or GraphQL input) into storage's
+//! `NewEvent`s: the JSON's shape (objects, field names, JSON types, times as
+//! RFC 3339 text or integer microseconds). The rules events obey whatever
+//! the protocol (id lengths, event types, the shape of `changes`, …) are
+//! storage's (`honeycell_storage::build_batch`), shared with Flight DoPut.
+//! All-or-nothing per batch: the first bad event is reported with its index
+//! and nothing is stored.
 
-use honeycell_storage::{EventType, NewEvent};
+use honeycell_storage::NewEvent;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -108,8 +112,6 @@ impl EventIn {
     }
 }
 
-const MAX_ID_LEN: usize = 256;
-
 fn bad(index: usize, message: String) -> ApiError {
     ApiError::bad_request("invalid_event", format!("event {index}: {message}")).at(index)
 }
@@ -127,74 +129,21 @@ pub fn parse_time_us(v: &Value) -> Result<i64, String> {
     }
 }
 
-fn check_id(index: usize, field: &str, v: &str) -> Result<(), ApiError> {
-    if v.is_empty() || v.len() > MAX_ID_LEN {
-        return Err(bad(
-            index,
-            format!("{field} must be 1 to {MAX_ID_LEN} bytes long"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_changes(index: usize, v: &Value) -> Result<(), ApiError> {
-    let Value::Object(fields) = v else {
-        return Err(bad(
-            index,
-            "changes must be an object of {\"field\": {\"old\": …, \"new\": …}}".into(),
-        ));
-    };
-    for (field, change) in fields {
-        let ok = matches!(change, Value::Object(c) if !c.is_empty() && c.keys().all(|k| k == "old" || k == "new"));
-        if !ok {
-            return Err(bad(
-                index,
-                format!("changes.{field} must be an object with \"old\" and/or \"new\""),
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl EventIn {
-    /// Validates and converts one event.
+    /// Converts one event; what it holds is checked by storage's rules
+    /// when the batch is built.
     pub fn into_new_event(self, index: usize) -> Result<NewEvent, ApiError> {
-        let event_type: EventType = self
-            .event_type
-            .parse()
-            .map_err(|e| bad(index, format!("event_type: {e}")))?;
-        check_id(index, "entity_type", &self.entity_type)?;
-        check_id(index, "entity_id", &self.entity_id)?;
-        let event_id = match self.event_id {
-            Some(s) => Some(uuid::Uuid::parse_str(&s).map_err(|e| {
-                bad(
-                    index,
-                    format!(
-                        "event_id {s:?} is not a UUID ({e}); omit it to have a UUIDv7 assigned"
-                    ),
-                )
-            })?),
-            None => None,
-        };
         let occurred_at_us = match &self.occurred_at {
             None | Some(Value::Null) => None,
             Some(v) => Some(parse_time_us(v).map_err(|e| bad(index, format!("occurred_at: {e}")))?),
         };
-        if let Some(c) = &self.changes {
-            check_changes(index, c)?;
-        }
-        for (field, v) in [("user_id", &self.user_id), ("trace_id", &self.trace_id)] {
-            if let Some(v) = v {
-                check_id(index, field, v)?;
-            }
-        }
         let json_text = |v: Option<Value>| match v {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.to_string()),
         };
         Ok(NewEvent {
-            event_id,
-            event_type,
+            event_id: self.event_id,
+            event_type: self.event_type,
             entity_type: self.entity_type,
             entity_id: self.entity_id,
             occurred_at_us,

@@ -9,7 +9,7 @@ use std::io::Write as _;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
-use honeycell_cell::query::col;
+use honeycell_storage::col;
 
 /// Appends `"2026-11-26T10:00:00.123456Z"` for microseconds since the epoch.
 pub fn write_rfc3339_us(out: &mut Vec<u8>, us: i64) {

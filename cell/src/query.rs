@@ -16,23 +16,9 @@ use arrow::compute::{and, take_record_batch};
 use arrow::datatypes::TimestampMicrosecondType;
 use arrow_array::{Scalar, StringArray, TimestampMicrosecondArray};
 use base64::Engine as _;
-use honeycell_storage::{Chunk, EventType, OrgSnapshot};
+use honeycell_storage::{Chunk, EventType, OrgSnapshot, col};
 
 use crate::{Error, Result};
-
-/// Column positions in `honeycell_storage::event_schema()`.
-pub mod col {
-    pub const EVENT_ID: usize = 0;
-    pub const ORG_ID: usize = 1;
-    pub const EVENT_TYPE: usize = 2;
-    pub const ENTITY_TYPE: usize = 3;
-    pub const ENTITY_ID: usize = 4;
-    pub const OCCURRED_AT: usize = 5;
-    pub const DATA: usize = 6;
-    pub const CHANGES: usize = 7;
-    pub const USER_ID: usize = 8;
-    pub const TRACE_ID: usize = 9;
-}
 
 /// Row filters shared by every protocol.
 #[derive(Clone, Debug, Default, PartialEq)]

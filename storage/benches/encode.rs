@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use honeycell_storage::{EventType, NewEvent, build_batch, event_schema};
+use honeycell_storage::{NewEvent, build_batch, event_schema};
 use honeycell_types::OrgId;
 
 const EVENTS: usize = 1000;
@@ -14,7 +14,7 @@ fn events() -> Vec<NewEvent> {
     (0..EVENTS)
         .map(|i| NewEvent {
             event_id: None,
-            event_type: EventType::Update,
+            event_type: "UPDATE".into(),
             entity_type: "order".into(),
             entity_id: format!("order-{i}"),
             occurred_at_us: Some(1_795_000_000_000_000 + i as i64),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use honeycell_storage::{EventType, NewEvent, OrgLog, StorageConfig, Store, build_batch};
+use honeycell_storage::{NewEvent, OrgLog, StorageConfig, Store, build_batch};
 use honeycell_types::OrgId;
 use tokio::task::LocalSet;
 
@@ -20,7 +20,7 @@ fn sample_batch(org: &OrgId) -> RecordBatch {
     let events: Vec<NewEvent> = (0..EVENTS)
         .map(|i| NewEvent {
             event_id: None,
-            event_type: EventType::Update,
+            event_type: "UPDATE".into(),
             entity_type: "order".into(),
             entity_id: format!("order-{i}"),
             occurred_at_us: None,

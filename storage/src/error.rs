@@ -53,10 +53,13 @@ pub enum Error {
     Closed,
 }
 
+/// "event 3: entity_id is empty; send 1 to 256 bytes" (the event's row in
+/// its batch, from 0), or "column colour is not a column of events; …" for
+/// what concerns a whole column of a client's batch.
 fn schema_message(field: &str, row: &Option<usize>, reason: &str) -> String {
     match row {
-        Some(row) => format!("invalid field `{field}` in row {row}: {reason}"),
-        None => format!("invalid field `{field}`: {reason}"),
+        Some(row) => format!("event {row}: {field} {reason}"),
+        None => format!("column {field} {reason}"),
     }
 }
 

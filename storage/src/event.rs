@@ -1,7 +1,8 @@
-//! The stored event schema and the two ways a batch of it is made: from typed
-//! events (HTTP JSON ingest) and from a client's Arrow batch (Flight DoPut).
+//! The stored event schema, its column positions ([`col`]), and the two ways
+//! a batch of it is made: from events the JSON paths parsed (HTTP, GraphQL)
+//! and from a client's Arrow batch (Flight DoPut). Both check every event
+//! against the same rules (`rules.rs`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -10,13 +11,29 @@ use arrow::compute::cast;
 use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use honeycell_types::OrgId;
 
 use crate::error::{Error, Result};
+use crate::rules::{self, Fields};
 
-pub(crate) const COL_OCCURRED_AT: usize = 5;
+/// The position of each column in [`event_schema`] (a test holds the two
+/// together).
+pub mod col {
+    pub const EVENT_ID: usize = 0;
+    pub const ORG_ID: usize = 1;
+    pub const EVENT_TYPE: usize = 2;
+    pub const ENTITY_TYPE: usize = 3;
+    pub const ENTITY_ID: usize = 4;
+    pub const OCCURRED_AT: usize = 5;
+    pub const DATA: usize = 6;
+    pub const CHANGES: usize = 7;
+    pub const USER_ID: usize = 8;
+    pub const TRACE_ID: usize = 9;
+}
 
 /// The schema every stored batch has, in this field order.
 pub fn event_schema() -> SchemaRef {
@@ -92,11 +109,14 @@ impl FromStr for EventType {
     }
 }
 
-/// One event as the JSON ingest path hands it over.
+/// One event as the JSON ingest paths (HTTP, GraphQL) hand it over: values
+/// as received, checked by [`build_batch`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {
-    pub event_id: Option<uuid::Uuid>,
-    pub event_type: EventType,
+    /// UUID text; `None`: a UUIDv7 is assigned.
+    pub event_id: Option<String>,
+    /// `INSERT`, `UPDATE`, `DELETE` or `CUSTOM`.
+    pub event_type: String,
     pub entity_type: String,
     pub entity_id: String,
     pub occurred_at_us: Option<i64>,
@@ -108,32 +128,33 @@ pub struct NewEvent {
     pub trace_id: Option<String>,
 }
 
-/// Build a full-schema batch; `event_id` defaults to a fresh UUIDv7,
-/// `occurred_at` to `now_us`. `data` and `changes` must be valid JSON.
+impl NewEvent {
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            event_id: self.event_id.as_deref(),
+            event_type: &self.event_type,
+            entity_type: &self.entity_type,
+            entity_id: &self.entity_id,
+            occurred_at_us: self.occurred_at_us,
+            data: self.data.as_deref(),
+            changes: self.changes.as_deref(),
+            user_id: self.user_id.as_deref(),
+            trace_id: self.trace_id.as_deref(),
+        }
+    }
+}
+
+/// Build a full-schema batch after checking every event against the rules
+/// (`rules.rs`); `event_id` defaults to a fresh UUIDv7, `occurred_at` to
+/// `now_us`.
 pub fn build_batch(org: &OrgId, events: &[NewEvent], now_us: i64) -> Result<RecordBatch> {
-    for (row, e) in events.iter().enumerate() {
-        check_json("data", row, e.data.as_deref())?;
-        check_json("changes", row, e.changes.as_deref())?;
-        if let Some(us) = e.occurred_at_us {
-            check_occurred_at(row, us)?;
-        }
-    }
-    if events.iter().any(|e| e.event_id.is_some()) {
-        let mut seen = HashMap::with_capacity(events.len());
-        for (row, e) in events.iter().enumerate() {
-            if let Some(id) = e.event_id
-                && let Some(first) = seen.insert(id, row)
-            {
-                return Err(duplicate_id(row, first, &id.to_string()));
-            }
-        }
-    }
-    let mut ids = IdGen::new();
-    let mut event_id = StringBuilder::with_capacity(events.len(), events.len() * 36);
-    for e in events {
-        push_uuid(&mut event_id, e.event_id.unwrap_or_else(|| ids.next_id()));
-    }
-    let event_id = event_id.finish();
+    let ids = events
+        .iter()
+        .enumerate()
+        .map(|(row, e)| rules::check(row, &e.fields()))
+        .collect::<Result<Vec<_>>>()?;
+    rules::check_unique(&ids)?;
+    let event_id = id_column(&ids);
     let org_id = StringArray::from_iter_values(std::iter::repeat_n(org.as_str(), events.len()));
     let event_type = StringArray::from_iter_values(events.iter().map(|e| e.event_type.as_str()));
     let entity_type = StringArray::from_iter_values(events.iter().map(|e| e.entity_type.as_str()));
@@ -173,7 +194,8 @@ const INPUT_COLUMNS: [&str; 10] = [
     "trace_id",
 ];
 
-/// Normalise a client's ingest batch (Flight DoPut) to [`event_schema`].
+/// Normalise a client's ingest batch (Flight DoPut) to [`event_schema`],
+/// checking every event against the rules (`rules.rs`) the JSON paths obey.
 ///
 /// Columns are matched by name, in any order. Required: `event_type`,
 /// `entity_type`, `entity_id`. Optional: `event_id` (UUID text; null or absent
@@ -190,77 +212,35 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
                 field.name(),
                 None,
                 format!(
-                    "unknown column; allowed columns are {}",
+                    "is not a column of events; the columns are {} (an unknown column is refused rather than dropped)",
                     INPUT_COLUMNS.join(", ")
                 ),
             ));
         }
     }
     let rows = batch.num_rows();
-    let column = |name: &str| batch.column_by_name(name);
-
-    let text = |name: &str| -> Result<Option<StringArray>> {
-        let Some(col) = column(name) else {
-            return Ok(None);
-        };
-        let utf8 = match col.data_type() {
-            DataType::Utf8 => col.clone(),
-            DataType::LargeUtf8 | DataType::Utf8View => cast(col, &DataType::Utf8)?,
-            other => {
-                return Err(Error::schema(
-                    name,
-                    None,
-                    format!("expected a string column (Utf8), got {other}"),
-                ));
-            }
-        };
-        Ok(Some(utf8.as_string::<i32>().clone()))
-    };
+    let text = |name: &str| text_column(batch, name);
     let required = |name: &str| -> Result<StringArray> {
-        let arr =
-            text(name)?.ok_or_else(|| Error::schema(name, None, "required column is missing"))?;
+        let arr = text(name)?
+            .ok_or_else(|| Error::schema(name, None, "is required and missing from the batch"))?;
         match first_null(&arr) {
-            Some(row) => Err(Error::schema(name, Some(row), "null in a required column")),
+            Some(row) => Err(Error::schema(
+                name,
+                Some(row),
+                "is null; it is required (a non-null value in every row)",
+            )),
             None => Ok(arr),
         }
     };
-
     let event_type = required("event_type")?;
-    for (row, v) in event_type.iter().enumerate() {
-        if let Err(e) = v.unwrap_or_default().parse::<EventType>() {
-            return Err(Error::schema("event_type", Some(row), e.to_string()));
-        }
-    }
     let entity_type = required("entity_type")?;
     let entity_id = required("entity_id")?;
-
-    let mut fresh = IdGen::new();
-    let mut out = StringBuilder::with_capacity(rows, rows * 36);
-    match text("event_id")? {
-        None => (0..rows).for_each(|_| push_uuid(&mut out, fresh.next_id())),
-        Some(ids) => {
-            for (row, v) in ids.iter().enumerate() {
-                let id = match v {
-                    None => fresh.next_id(),
-                    Some(s) => uuid::Uuid::parse_str(s).map_err(|e| {
-                        Error::schema("event_id", Some(row), format!("not a UUID ({e}): {s:?}"))
-                    })?,
-                };
-                push_uuid(&mut out, id);
-            }
-        }
-    }
-    let event_id: StringArray = out.finish();
-    if column("event_id").is_some() {
-        let mut seen = HashMap::with_capacity(rows);
-        for (row, id) in event_id.iter().enumerate() {
-            if let Some(id) = id
-                && let Some(first) = seen.insert(id, row)
-            {
-                return Err(duplicate_id(row, first, id));
-            }
-        }
-    }
+    let event_id = text("event_id")?;
+    let data = text("data")?;
+    let changes = text("changes")?;
+    let user_id = text("user_id")?;
+    let trace_id = text("trace_id")?;
+    let occurred_at = occurred_at_us(batch.column_by_name("occurred_at"))?;
 
     if let Some(ids) = text("org_id")? {
         for (row, v) in ids.iter().enumerate() {
@@ -277,116 +257,130 @@ pub fn normalize_batch(org: &OrgId, batch: &RecordBatch, now_us: i64) -> Result<
             }
         }
     }
+
+    let mut ids = Vec::with_capacity(rows);
+    let mut occurred = Vec::with_capacity(rows);
+    for row in 0..rows {
+        let at = occurred_at
+            .as_ref()
+            .filter(|a| a.is_valid(row))
+            .map(|a| a.value(row));
+        ids.push(rules::check(
+            row,
+            &Fields {
+                event_id: value(&event_id, row),
+                event_type: event_type.value(row),
+                entity_type: entity_type.value(row),
+                entity_id: entity_id.value(row),
+                occurred_at_us: at,
+                data: value(&data, row),
+                changes: value(&changes, row),
+                user_id: value(&user_id, row),
+                trace_id: value(&trace_id, row),
+            },
+        )?);
+        occurred.push(at.unwrap_or(now_us));
+    }
+    rules::check_unique(&ids)?;
+
     let org_id = StringArray::from_iter_values(std::iter::repeat_n(org.as_str(), rows));
-
-    let occurred_at = match column("occurred_at") {
-        None => TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(now_us, rows)),
-        Some(col) => {
-            let micros: ArrayRef = match col.data_type() {
-                DataType::Int64 => col.clone(),
-                // Not `cast`: it turns a value that overflows microseconds
-                // into a null, which would then read as "now".
-                DataType::Timestamp(_, _) => arrow::compute::cast_with_options(
-                    col,
-                    &DataType::Timestamp(TimeUnit::Microsecond, None),
-                    &arrow::compute::CastOptions {
-                        safe: false,
-                        ..Default::default()
-                    },
-                )
-                .map_err(|e| {
-                    Error::schema(
-                        "occurred_at",
-                        None,
-                        format!("does not fit in microseconds since the Unix epoch ({e})"),
-                    )
-                })?,
-                other => {
-                    return Err(Error::schema(
-                        "occurred_at",
-                        None,
-                        format!(
-                            "expected Timestamp (any unit, any time zone) or Int64 microseconds since the Unix epoch, got {other}"
-                        ),
-                    ));
-                }
-            };
-            let values: Vec<i64> = match micros.data_type() {
-                DataType::Int64 => micros
-                    .as_primitive::<Int64Type>()
-                    .iter()
-                    .map(|v| v.unwrap_or(now_us))
-                    .collect(),
-                _ => micros
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .iter()
-                    .map(|v| v.unwrap_or(now_us))
-                    .collect(),
-            };
-            for (row, us) in values.iter().enumerate() {
-                check_occurred_at(row, *us)?;
-            }
-            TimestampMicrosecondArray::from(values)
+    let or_nulls = |a: Option<StringArray>| -> ArrayRef {
+        match a {
+            Some(a) => Arc::new(a),
+            None => Arc::new(StringArray::new_null(rows)),
         }
-    }
-    .with_timezone("UTC");
-
-    let data = text("data")?;
-    let changes = text("changes")?;
-    for (name, arr) in [("data", &data), ("changes", &changes)] {
-        if let Some(arr) = arr {
-            for (row, v) in arr.iter().enumerate() {
-                check_json(name, row, v)?;
-            }
-        }
-    }
-    let nulls = || -> ArrayRef { Arc::new(StringArray::new_null(rows)) };
-    let or_nulls =
-        |a: Option<StringArray>| a.map(|a| Arc::new(a) as ArrayRef).unwrap_or_else(nulls);
-
+    };
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(event_id),
+        Arc::new(id_column(&ids)),
         Arc::new(org_id),
         Arc::new(event_type),
         Arc::new(entity_type),
         Arc::new(entity_id),
-        Arc::new(occurred_at),
+        Arc::new(TimestampMicrosecondArray::from(occurred).with_timezone("UTC")),
         or_nulls(data),
         or_nulls(changes),
-        or_nulls(text("user_id")?),
-        or_nulls(text("trace_id")?),
+        or_nulls(user_id),
+        or_nulls(trace_id),
     ];
     Ok(RecordBatch::try_new(event_schema(), columns)?)
 }
 
-/// The earliest `occurred_at` accepted: 0001-01-01T00:00:00Z.
-pub const MIN_OCCURRED_AT_US: i64 = -62_135_596_800_000_000;
-/// The latest `occurred_at` accepted: 9999-12-31T23:59:59.999999Z (the
-/// range RFC 3339 can write, so every stored time reads back as text and
-/// can be used as a `since`).
-pub const MAX_OCCURRED_AT_US: i64 = 253_402_300_799_999_999;
-
-fn check_occurred_at(row: usize, us: i64) -> Result<()> {
-    if (MIN_OCCURRED_AT_US..=MAX_OCCURRED_AT_US).contains(&us) {
-        return Ok(());
-    }
-    Err(Error::schema(
-        "occurred_at",
-        Some(row),
-        format!(
-            "{us} µs since the Unix epoch is outside years 1 to 9999; send microseconds (not nanoseconds) or RFC 3339 text"
-        ),
-    ))
+/// Row `row` of an optional column; `None` when the column is absent or
+/// the value null.
+fn value(a: &Option<StringArray>, row: usize) -> Option<&str> {
+    a.as_ref().filter(|a| a.is_valid(row)).map(|a| a.value(row))
 }
 
-fn duplicate_id(row: usize, first: usize, id: &str) -> Error {
-    Error::schema(
-        "event_id",
-        Some(row),
-        format!(
-            "{id:?} is also the event_id of event {first} in this batch; each event needs its own id"
-        ),
-    )
+/// Column `name` of a client batch as Utf8, if present.
+fn text_column(batch: &RecordBatch, name: &str) -> Result<Option<StringArray>> {
+    let Some(col) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let utf8 = match col.data_type() {
+        DataType::Utf8 => col.clone(),
+        DataType::LargeUtf8 | DataType::Utf8View => cast(col, &DataType::Utf8)?,
+        other => {
+            return Err(Error::schema(
+                name,
+                None,
+                format!("must be a string column (Utf8, LargeUtf8 or Utf8View), got {other}"),
+            ));
+        }
+    };
+    Ok(Some(utf8.as_string::<i32>().clone()))
+}
+
+/// A client's `occurred_at` column as microseconds since the epoch (nulls
+/// kept), if present.
+fn occurred_at_us(col: Option<&ArrayRef>) -> Result<Option<Int64Array>> {
+    let Some(col) = col else {
+        return Ok(None);
+    };
+    let micros = match col.data_type() {
+        DataType::Int64 => return Ok(Some(col.as_primitive::<Int64Type>().clone())),
+        // Not `cast`: it turns a value that overflows microseconds into a
+        // null, which would then read as "now".
+        DataType::Timestamp(_, _) => arrow::compute::cast_with_options(
+            col,
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+            &arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| {
+            Error::schema(
+                "occurred_at",
+                None,
+                format!("does not fit in microseconds since the Unix epoch ({e})"),
+            )
+        })?,
+        other => {
+            return Err(Error::schema(
+                "occurred_at",
+                None,
+                format!(
+                    "must be a Timestamp column (any unit, any time zone) or Int64 microseconds since the Unix epoch, got {other}"
+                ),
+            ));
+        }
+    };
+    let micros = micros.as_primitive::<TimestampMicrosecondType>();
+    Ok(Some(Int64Array::new(
+        micros.values().clone(),
+        micros.nulls().cloned(),
+    )))
+}
+
+/// The stored `event_id` column: each given id in canonical form, a fresh
+/// UUIDv7 where none was given.
+fn id_column(ids: &[Option<uuid::Uuid>]) -> StringArray {
+    let mut fresh = IdGen::new();
+    let mut out = StringBuilder::with_capacity(ids.len(), ids.len() * 36);
+    for id in ids {
+        push_uuid(&mut out, id.unwrap_or_else(|| fresh.next_id()));
+    }
+    out.finish()
 }
 
 fn first_null(arr: &dyn Array) -> Option<usize> {
@@ -426,28 +420,22 @@ fn push_uuid(out: &mut StringBuilder, id: uuid::Uuid) {
     out.append_value(id.hyphenated().encode_lower(&mut buf));
 }
 
-fn check_json(field: &str, row: usize, value: Option<&str>) -> Result<()> {
-    if let Some(v) = value
-        && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(v)
-    {
-        return Err(Error::schema(
-            field,
-            Some(row),
-            format!("not valid JSON text: {e}"),
-        ));
-    }
-    Ok(())
-}
-
 /// Cheap check that a batch handed to `append` is in the stored schema.
 pub(crate) fn check_stored_schema(batch: &RecordBatch) -> Result<()> {
     let expected = event_schema();
-    if batch.schema().fields() != expected.fields() {
-        return Err(Error::schema(
-            "<batch>",
-            None,
-            "batch is not in the stored event schema; build it with build_batch or normalize_batch",
-        ));
+    let schema = batch.schema();
+    if schema.fields() == expected.fields() {
+        return Ok(());
     }
-    Ok(())
+    let differs = expected
+        .fields()
+        .iter()
+        .zip(schema.fields().iter())
+        .find(|(e, g)| e != g)
+        .map_or("(the number of columns)", |(e, _)| e.name().as_str());
+    Err(Error::schema(
+        differs,
+        None,
+        "is not as the stored event schema has it; build batches with build_batch or normalize_batch",
+    ))
 }

@@ -31,7 +31,9 @@
 //!
 //! This crate deliberately knows nothing of HTTP, gRPC, tenants' auth, quotas
 //! policy or cells' routing: it takes an already verified `honeycell_types::OrgId` and
-//! reports bytes and counts for others to enforce limits with. Read
+//! reports bytes and counts for others to enforce limits with. It does hold
+//! the rules every event obeys (`rules.rs`), applied by both ways a batch is
+//! made (`event.rs`), so that every protocol refuses the same events. Read
 //! `store.rs` next for the append/visibility rules, then `io.rs` for the I/O
 //! thread, `wal.rs` for the frame format and `segment.rs` for the mmap path.
 
@@ -40,6 +42,7 @@ mod error;
 mod event;
 mod io;
 mod ipc;
+mod rules;
 mod segment;
 mod store;
 mod wal;
@@ -65,7 +68,7 @@ pub mod fuzzing {
     }
 }
 pub use event::{
-    EventType, InvalidEventType, NewEvent, build_batch, event_schema, normalize_batch,
+    EventType, InvalidEventType, NewEvent, build_batch, col, event_schema, normalize_batch,
 };
 pub use store::{AppendAck, MaintenanceReport, OrgLog, OrgSnapshot, Store};
 

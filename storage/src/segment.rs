@@ -23,7 +23,7 @@ use memmap2::Mmap;
 
 use crate::Chunk;
 use crate::error::{Error, Result};
-use crate::event::{COL_OCCURRED_AT, event_schema};
+use crate::event::{col, event_schema};
 
 /// Rows per record batch inside a segment file: large enough for vectorised
 /// scans, small enough that a reader can skip by batch.
@@ -208,7 +208,7 @@ pub(crate) fn load_segment(path: &Path, first: u64, end: u64) -> Result<Segment>
             continue;
         }
         if let Some(ts) = batch
-            .column(COL_OCCURRED_AT)
+            .column(col::OCCURRED_AT)
             .as_primitive_opt::<TimestampMicrosecondType>()
         {
             max_occurred_at_us =

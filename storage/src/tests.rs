@@ -25,7 +25,7 @@ fn events(n: usize, tag: &str, occurred_at_us: Option<i64>) -> Vec<NewEvent> {
     (0..n)
         .map(|i| NewEvent {
             event_id: None,
-            event_type: EventType::Insert,
+            event_type: "INSERT".into(),
             entity_type: "order".into(),
             entity_id: format!("{tag}-{i}"),
             occurred_at_us,
@@ -595,6 +595,27 @@ fn build_batch_has_the_stored_schema_and_defaults() {
     assert!(matches!(&err, Error::Schema { field, row: Some(0), .. } if field == "changes"));
 }
 
+#[test]
+fn column_positions_match_the_schema() {
+    let schema = event_schema();
+    let positions = [
+        (col::EVENT_ID, "event_id"),
+        (col::ORG_ID, "org_id"),
+        (col::EVENT_TYPE, "event_type"),
+        (col::ENTITY_TYPE, "entity_type"),
+        (col::ENTITY_ID, "entity_id"),
+        (col::OCCURRED_AT, "occurred_at"),
+        (col::DATA, "data"),
+        (col::CHANGES, "changes"),
+        (col::USER_ID, "user_id"),
+        (col::TRACE_ID, "trace_id"),
+    ];
+    assert_eq!(positions.len(), schema.fields().len());
+    for (i, name) in positions {
+        assert_eq!(schema.field(i).name(), name);
+    }
+}
+
 fn client_batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
     let fields: Vec<Field> = columns
         .iter()
@@ -721,6 +742,19 @@ fn normalize_batch_errors_name_the_field() {
             Some(0),
             "acme",
         ),
+        // The rules the JSON paths apply hold for DoPut too (`rules.rs`).
+        (
+            with("entity_id", strs(&[Some("")])),
+            "entity_id",
+            Some(0),
+            "empty",
+        ),
+        (
+            with("changes", strs(&[Some(r#"{"status": "paid"}"#)])),
+            "changes.status",
+            Some(0),
+            "\"old\"",
+        ),
     ];
     for (input, field, row, hint) in cases {
         let err = normalize_batch(&o, &input, NOW).unwrap_err();
@@ -828,7 +862,7 @@ fn many_tiny_appends_are_coalesced_in_the_memtable() {
         for i in 0..1_000i64 {
             let ev = NewEvent {
                 event_id: None,
-                event_type: EventType::Insert,
+                event_type: "INSERT".into(),
                 entity_type: "t".into(),
                 entity_id: format!("e{i}"),
                 occurred_at_us: Some(i),
@@ -870,7 +904,7 @@ fn assigned_event_ids_are_unique_time_ordered_uuid_v7s() {
     let events: Vec<NewEvent> = (0..10_000)
         .map(|i| NewEvent {
             event_id: None,
-            event_type: EventType::Custom,
+            event_type: "CUSTOM".into(),
             entity_type: "t".into(),
             entity_id: format!("e{i}"),
             occurred_at_us: None,

@@ -335,6 +335,236 @@ async fn unsupported_content_type_is_415() {
     assert_eq!(server.count_http(&token).await, 0);
 }
 
+/// Events that break one of the rules every protocol applies (storage's
+/// `rules.rs`): what, the batch (its event 1 is the bad one), the field the
+/// refusal names, and whether GraphQL can carry it (its `EventType` enum
+/// refuses a bad event_type before any rule runs).
+fn rule_cases() -> Vec<(&'static str, [Value; 2], &'static str, bool)> {
+    let bad = |field: &str, value: Value| [ok_event(), with(field, value)];
+    let id = uuid::Uuid::now_v7().to_string();
+    vec![
+        (
+            "empty entity_id",
+            bad("entity_id", json!("")),
+            "entity_id",
+            true,
+        ),
+        (
+            "entity_type too long",
+            bad("entity_type", json!("t".repeat(300))),
+            "entity_type",
+            true,
+        ),
+        ("empty user_id", bad("user_id", json!("")), "user_id", true),
+        (
+            "trace_id too long",
+            bad("trace_id", json!("t".repeat(257))),
+            "trace_id",
+            true,
+        ),
+        (
+            "lower-case event_type",
+            bad("event_type", json!("insert")),
+            "event_type",
+            false,
+        ),
+        (
+            "event_id not a UUID",
+            bad("event_id", json!("not-a-uuid")),
+            "event_id",
+            true,
+        ),
+        (
+            "occurred_at after year 9999",
+            bad("occurred_at", json!(253_402_300_800_000_000i64)),
+            "occurred_at",
+            true,
+        ),
+        (
+            "changes not an object",
+            bad("changes", json!([1, 2])),
+            "changes",
+            true,
+        ),
+        (
+            "a change that is not an object",
+            bad("changes", json!({"status": "paid"})),
+            "changes.status",
+            true,
+        ),
+        (
+            "an empty change",
+            bad("changes", json!({"status": {}})),
+            "changes.status",
+            true,
+        ),
+        (
+            "a change with another key",
+            bad("changes", json!({"status": {"old": 1, "newer": 2}})),
+            "changes.status",
+            true,
+        ),
+        (
+            "a repeated event_id",
+            [with("event_id", json!(id)), with("event_id", json!(id))],
+            "event_id",
+            true,
+        ),
+    ]
+}
+
+/// `events` as a DoPut batch: a column for each field any of them has,
+/// nulls where one lacks it; `occurred_at` as Int64 microseconds, `data`
+/// and `changes` as JSON text.
+fn doput_batch(events: &[Value]) -> arrow::array::RecordBatch {
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use std::sync::Arc;
+    let mut fields: Vec<&str> = Vec::new();
+    for e in events {
+        for name in e.as_object().expect("an event object").keys() {
+            if !fields.contains(&name.as_str()) {
+                fields.push(name);
+            }
+        }
+    }
+    let columns = fields
+        .into_iter()
+        .map(|f| {
+            let column: ArrayRef = match f {
+                "occurred_at" => {
+                    Arc::new(Int64Array::from_iter(events.iter().map(|e| e[f].as_i64())))
+                }
+                "data" | "changes" => Arc::new(StringArray::from_iter(
+                    events.iter().map(|e| e.get(f).map(Value::to_string)),
+                )),
+                _ => Arc::new(StringArray::from_iter(events.iter().map(|e| e[f].as_str()))),
+            };
+            (f, column)
+        })
+        .collect();
+    batch(columns)
+}
+
+/// `events` as GraphQL `EventInput`s (camelCase names, times as text).
+fn graphql_events(events: &[Value]) -> Value {
+    let input = |e: &Value| {
+        let mut out = serde_json::Map::new();
+        for (k, v) in e.as_object().expect("an event object") {
+            let name = match k.as_str() {
+                "event_id" => "eventId",
+                "event_type" => "eventType",
+                "entity_type" => "entityType",
+                "entity_id" => "entityId",
+                "occurred_at" => "occurredAt",
+                "user_id" => "userId",
+                "trace_id" => "traceId",
+                other => other,
+            };
+            let v = match (name, v) {
+                ("occurredAt", Value::Number(n)) => json!(n.to_string()),
+                _ => v.clone(),
+            };
+            out.insert(name.to_owned(), v);
+        }
+        Value::Object(out)
+    };
+    Value::Array(events.iter().map(input).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protocol_refuses_the_same_bad_events_with_the_same_words() {
+    let server = TestServer::new().await;
+    let token = server.token("rules-org", Role::Operator);
+    server.ingest(&token, &[ok_event()]).await;
+    let mut flight = server.flight(&token).await;
+    let mut problems = Vec::new();
+    for (what, events, field, graphql) in rule_cases() {
+        let mut answers: Vec<(&str, String)> = Vec::new();
+
+        for (via, content_type, body) in [
+            (
+                "HTTP JSON",
+                "application/json",
+                Value::Array(events.to_vec()).to_string(),
+            ),
+            (
+                "NDJSON",
+                "application/x-ndjson",
+                events.iter().map(|e| format!("{e}\n")).collect(),
+            ),
+        ] {
+            let (status, body) = send(&server, &token, content_type, body).await;
+            problems.extend(error_problems(
+                &format!("{what} over {via}"),
+                (status, &body),
+                400,
+                "invalid_event",
+                &["event 1", field],
+            ));
+            if body["error"]["index"] != 1 {
+                problems.push(format!("{what} over {via}: index is not 1: {body}"));
+            }
+            answers.push((
+                via,
+                body["error"]["message"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+
+        if graphql {
+            let (status, body) = server
+                .graphql(
+                    &token,
+                    "mutation($e: [EventInput!]!) { ingestEvents(events: $e) { accepted } }",
+                    json!({ "e": graphql_events(&events) }),
+                )
+                .await;
+            let err = &body["errors"][0];
+            if status != 200
+                || err["extensions"]["code"] != "invalid_event"
+                || err["extensions"]["index"] != 1
+            {
+                problems.push(format!("{what} over GraphQL: {status} {body}"));
+            }
+            answers.push(("GraphQL", err["message"].as_str().unwrap_or("").to_owned()));
+        }
+
+        match do_put_all(&mut flight, vec![doput_batch(&events)]).await {
+            Ok(results) => problems.push(format!("{what} over DoPut: accepted {results:?}")),
+            Err(status) => {
+                if status.code() != tonic::Code::InvalidArgument {
+                    problems.push(format!("{what} over DoPut: {status:?}"));
+                }
+                answers.push(("DoPut", status.message().to_owned()));
+            }
+        }
+
+        // One rulebook: the same words whatever the protocol, naming the
+        // event and the field.
+        let (first_via, first) = &answers[0];
+        if !first.contains("event 1") || !first.contains(field) {
+            problems.push(format!("{what}: {first_via} says {first:?}"));
+        }
+        for (via, message) in &answers[1..] {
+            if message != first {
+                problems.push(format!(
+                    "{what}: {via} says {message:?} where {first_via} says {first:?}"
+                ));
+            }
+        }
+        assert_eq!(
+            server.count_http(&token).await,
+            1,
+            "{what}: nothing of a refused batch is stored"
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_query_parameters_are_refused() {
     let server = TestServer::new().await;
