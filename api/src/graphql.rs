@@ -2,14 +2,13 @@
 //! mutation, over the same cell operations as the REST routes.
 
 use arrow::array::AsArray;
-use async_graphql::http::GraphiQLSource;
 use async_graphql::{
     Context, EmptySubscription, Enum, ErrorExtensions, InputObject, Json, MergedObject, Object,
     Schema, SimpleObject,
 };
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use honeycell_auth::TenantContext;
 use honeycell_cell::query::{self, Bucket, Cursor, GroupBy};
 use honeycell_storage::{build_batch, col};
@@ -405,9 +404,4 @@ pub async fn graphql_handler(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     out
-}
-
-/// `GET /graphql`: GraphiQL.
-pub async fn graphiql() -> impl IntoResponse {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
 }

@@ -12,6 +12,7 @@
 pub mod auth_routes;
 pub mod error;
 use error::ApiError;
+pub mod graphiql;
 pub mod graphql;
 mod graphql_audit;
 mod graphql_edges;
@@ -205,8 +206,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(http::get_events).post(http::post_events))
         .route(
             "/graphql",
-            get(graphql::graphiql).post(graphql::graphql_handler),
+            get(graphiql::page).post(graphql::graphql_handler),
         )
+        .route("/graphql/assets/{name}", get(graphiql::asset))
         .route("/health", get(http::health))
         .route("/ready", get(http::ready))
         .route("/auth/token", axum::routing::post(auth_routes::token))

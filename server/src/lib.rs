@@ -33,12 +33,18 @@ use honeycell_types::{CellId, OrgId};
 pub use config::Config;
 use listeners::CellListeners;
 
-/// Sets up `tracing` from `[log]` (RUST_LOG wins).
+/// Sets up `tracing` from `[log]` (RUST_LOG wins). Colours only on a
+/// terminal: a file or the journal gets plain lines (and so does a terminal
+/// when `NO_COLOR` is set).
 pub fn init_logging(config: &config::LogConfig) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_thread_names(true)
         .with_writer(std::io::stderr);
     let _ = if config.format == "json" {

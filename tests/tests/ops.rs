@@ -1,4 +1,6 @@
-//! Operations: health, readiness, metrics, `check-config` and `token`.
+//! Operations: health, readiness, metrics, `check-config` and `token`; the
+//! GraphiQL page served offline under a strict Content-Security-Policy; logs
+//! without colour codes when they go to a file.
 
 use std::process::Output;
 
@@ -141,6 +143,136 @@ async fn health_ready_and_metrics_count() {
     assert_eq!(resp.status(), 200);
     let html = resp.text().await.expect("html");
     assert!(html.to_lowercase().contains("graphiql"), "GraphiQL page");
+}
+
+/// The values of `attr="…"` in `html`.
+fn attribute_values(html: &str, attr: &str) -> Vec<String> {
+    let needle = format!("{attr}=\"");
+    html.match_indices(&needle)
+        .map(|(i, _)| {
+            let rest = &html[i + needle.len()..];
+            rest[..rest.find('"').expect("a closed attribute")].to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_is_served_from_the_binary_under_a_strict_csp() {
+    let server = TestServer::builder().cells(1).start().await;
+    let get = |path: String| {
+        let req = server.http().get(server.url(&path));
+        async move {
+            req.send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        }
+    };
+    let header = |resp: &reqwest::Response, name: &str| -> String {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("{} without {name}", resp.url()))
+            .to_owned()
+    };
+
+    let page = get("/graphql".into()).await;
+    assert_eq!(page.status(), 200);
+    assert!(header(&page, "content-type").starts_with("text/html"));
+    let csp = header(&page, "content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    for loose in ["http", "*", "unsafe-inline", "unsafe-eval"] {
+        assert!(!csp.contains(loose), "{loose} in {csp}");
+    }
+    let html = page.text().await.expect("the page");
+    assert!(
+        !html.contains("://") && !html.contains("\"//"),
+        "the page names no URL outside the server:\n{html}"
+    );
+
+    // Every script and stylesheet is served here, under the same policy;
+    // GraphiQL and React are the vendored, pinned builds.
+    let scripts = attribute_values(&html, "src");
+    let styles: Vec<String> = attribute_values(&html, "href")
+        .into_iter()
+        .filter(|u| !u.starts_with("data:"))
+        .collect();
+    assert_eq!(
+        scripts.len(),
+        4,
+        "React, ReactDOM, GraphiQL, start: {scripts:?}"
+    );
+    assert_eq!(styles.len(), 2, "{styles:?}");
+    let vendor = workspace_root().join("api/vendor/graphiql");
+    for (url, kind) in scripts
+        .iter()
+        .map(|u| (u, "text/javascript"))
+        .chain(styles.iter().map(|u| (u, "text/css")))
+    {
+        assert!(url.starts_with('/') && !url.starts_with("//"), "{url}");
+        let resp = get(url.clone()).await;
+        assert_eq!(resp.status(), 200, "{url}");
+        assert!(header(&resp, "content-type").starts_with(kind), "{url}");
+        assert_eq!(header(&resp, "content-security-policy"), csp, "{url}");
+        assert_eq!(header(&resp, "x-content-type-options"), "nosniff", "{url}");
+        let body = resp.bytes().await.expect("asset body");
+        assert!(!body.is_empty(), "{url}");
+        let name = url.rsplit('/').next().expect("a file name");
+        if let Ok(vendored) = std::fs::read(vendor.join(name)) {
+            assert!(body == vendored, "{url} is not the vendored {name}");
+        }
+    }
+    for name in [
+        "graphiql.min.js",
+        "react.production.min.js",
+        "react-dom.production.min.js",
+    ] {
+        assert!(
+            scripts.iter().any(|s| s.ends_with(&format!("/{name}"))),
+            "{name} in {scripts:?}"
+        );
+    }
+
+    // The licences travel with the code.
+    let licence = get("/graphql/assets/LICENSE-graphiql".into()).await;
+    assert_eq!(licence.status(), 200);
+    assert!(licence.text().await.expect("text").contains("MIT License"));
+    let (status, body) = json_answer(
+        "an unknown asset",
+        get("/graphql/assets/nope.js".into()).await,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    // The harness sends the server's stdout and stderr to a file. NO_COLOR
+    // set but empty counts as unset, so only the terminal check keeps the
+    // colours out.
+    let server = TestServer::builder()
+        .cells(1)
+        .env("NO_COLOR", "")
+        .start()
+        .await;
+    let token = server.token("log-org", Role::Operator);
+    server.ingest_n(&token, 1, 0).await;
+    let resp = server.post_events("not a token", &json!([])).await;
+    assert_eq!(resp.status(), 401);
+    let log = server.log();
+    assert!(log.contains("honeycell serving"), "{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "colour codes in a log written to a file:\n{}",
+        log.escape_debug()
+    );
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
