@@ -157,14 +157,25 @@ pub async fn post_events(
 /// The whole body, up to `http_limits.max_body_bytes` (every route that
 /// reads a body reads it through here).
 pub(crate) async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody as _;
     let limit = state.config.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let too_large = || {
         ApiError::new(
             honeycell_types::ErrorClass::TooLarge,
             "body_too_large",
-            format!("the body is larger than {limit} bytes (http_limits.max_body_bytes); send less per request"),
+            format!(
+                "the body is larger than {limit} bytes (http_limits.max_body_bytes); send less per request"
+            ),
         )
-    })
+    };
+    // A declared length over the limit (`Content-Length`, or an HTTP/2
+    // stream's) is refused before a byte of it is read or buffered.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
 }
 
 /// Query string of `GET /v1/events`.

@@ -79,6 +79,11 @@ struct Args {
     /// `hostile`'s attacker (default 200).
     #[arg(long)]
     rate: Option<f64>,
+    /// `hostile`: attack with these kinds only, comma-separated (deep,
+    /// costly, cross-join, order-by-data, generate-series, ingest-aliases,
+    /// big-body, forged-doput, cursor), to see what each costs the others.
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
     /// Server binary (default: target/release/honeycell, built if missing).
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -140,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         cells: args.cells.max(1),
         duration: args.duration,
         rate: args.rate,
+        attacks: args.attacks,
         // A debug build of the bench says so in every report's command.
         command: format!(
             "cargo run -p honeycell-bench{} -- {}",

@@ -155,6 +155,14 @@ impl EventsTicket {
     }
 }
 
+/// Parses a DoGet ticket or GetFlightInfo descriptor command of the events
+/// API as the service does, up to its filter and cursor: for the fuzz
+/// targets.
+#[doc(hidden)]
+pub fn check_events_ticket(bytes: &[u8]) -> Result<()> {
+    EventsTicket::parse(bytes, "ticket")?.filter().map(|_| ())
+}
+
 /// True for Flight SQL commands (protobuf `Any` of the Flight SQL package).
 fn is_flight_sql(bytes: &[u8]) -> bool {
     Any::decode(bytes).is_ok_and(|a| {

@@ -173,14 +173,34 @@ impl SqlService {
     }
 }
 
+/// The checks and the planning a statement's text goes through, over an
+/// empty `events` table, without running it: for the fuzz targets.
+#[doc(hidden)]
+pub async fn check_and_plan(engine: &QueryEngine, sql: &str) -> Result<()> {
+    engine.check_sql(sql)?;
+    let df = plan_over(engine, Vec::new(), sql).await?;
+    df.create_physical_plan()
+        .await
+        .map(|_| ())
+        .map_err(|e| sql_error(&e))
+}
+
 /// A session holding only the caller's `events` table.
 async fn plan(
     engine: &QueryEngine,
     snapshot: OrgSnapshot,
     sql: &str,
 ) -> Result<datafusion::dataframe::DataFrame> {
-    let ctx = engine.session()?;
     let batches: Vec<RecordBatch> = snapshot.chunks().iter().map(|c| c.batch.clone()).collect();
+    plan_over(engine, batches, sql).await
+}
+
+async fn plan_over(
+    engine: &QueryEngine,
+    batches: Vec<RecordBatch>,
+    sql: &str,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let ctx = engine.session()?;
     let table = MemTable::try_new(honeycell_storage::event_schema(), vec![batches])
         .map_err(|e| Error::Sql(e.to_string()))?;
     ctx.register_table("events", Arc::new(table))

@@ -9,7 +9,8 @@
 //! (filters, times and paging cursors of HTTP, GraphQL and Flight tickets),
 //! [`credentials`] (JWTs, their header, API keys), [`ipc_stream`] (DoPut's
 //! Arrow IPC messages, then the event checks a decoded batch goes through),
-//! [`flight_sql_command`] (Flight SQL commands, protobuf `Any`),
+//! [`flight_sql_command`] (tickets and descriptor commands: Flight SQL
+//! commands, protobuf `Any`, their SQL checked and planned; events tickets),
 //! [`wal_frames`] and [`segment_file`] (what recovery reads from disk).
 //!
 //! The libFuzzer harness is `libfuzzer/` (`cargo +nightly fuzz run --fuzz-dir
@@ -17,7 +18,9 @@
 //! `corpus/<target>/`, replayed by `tests/corpus.rs`.
 
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use honeycell_flight::{QueryEngine, SqlConfig};
 
 use honeycell_types::OrgId;
 
@@ -121,11 +124,41 @@ fn take_framed(data: &[u8]) -> Option<(&[u8], &[u8])> {
     Some(rest.split_at(len))
 }
 
-/// Flight SQL commands as clients send them (protobuf `Any`).
+/// Flight tickets and descriptor commands as clients send them: Flight
+/// SQL commands (protobuf `Any`), whose statement text goes through the
+/// SQL checks and DataFusion's planning (not execution), and the events
+/// API's JSON tickets. The input's text is also planned as a statement.
 pub fn flight_sql_command(data: &[u8]) {
+    use arrow_flight::sql::Command;
     use prost::Message as _;
-    if let Ok(any) = arrow_flight::sql::Any::decode(data) {
-        let _ = arrow_flight::sql::Command::try_from(any);
+    let _ = honeycell_flight::service::check_events_ticket(data);
+    if let Ok(any) = arrow_flight::sql::Any::decode(data)
+        && let Ok(command) = Command::try_from(any)
+    {
+        match command {
+            Command::CommandStatementQuery(q) => plan(&q.query),
+            Command::ActionCreatePreparedStatementRequest(q) => plan(&q.query),
+            _ => {}
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        plan(text);
+    }
+}
+
+/// Checks and plans `sql` with the server's query engine (its defaults).
+fn plan(sql: &str) {
+    static ENGINE: OnceLock<Option<(tokio::runtime::Runtime, Arc<QueryEngine>)>> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let engine = QueryEngine::new(SqlConfig::default(), rt.handle().clone());
+        Some((rt, engine))
+    });
+    if let Some((rt, engine)) = engine {
+        let _ = rt.block_on(honeycell_flight::sql::check_and_plan(engine, sql));
     }
 }
 

@@ -1,7 +1,8 @@
 //! Hostile connections (issue "hostile input", item 5): slowloris headers,
 //! idle HTTP/1 keep-alive, idle HTTP/2 and gRPC connections, a long call
 //! that the idle timeout must not cut, and the per-cell connection limit
-//! with a descriptor limit that cannot hold every client.
+//! with a descriptor limit that cannot hold every client, and the lingering
+//! close that lets a client sending an oversized body read its 413.
 //!
 //! The clients here are raw sockets (HTTP/1 text, HTTP/2 frames with
 //! literal HPACK headers): the point is to see the TCP connection close, or
@@ -579,4 +580,53 @@ fn raise_own_descriptor_limit(want: u64) {
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
         }
     }
+}
+
+/// A body over `max_body_bytes` that the client sends whole (as clients
+/// that do not wait for `100 Continue` do) gets its 413: the server stops
+/// sending, then reads and discards the rest (`connections.lingering_time`)
+/// instead of closing with unread bytes, which resets the connection and
+/// destroys the answer in the client's receive buffer ("broken pipe").
+#[tokio::test]
+async fn an_oversized_body_sent_whole_gets_its_413_not_a_reset() {
+    let server = server()
+        .toml("[http_limits]\nmax_body_bytes = 1048576")
+        .start()
+        .await;
+    let token = server.token("linger", Role::Viewer);
+    let body_len = 8 * 1024 * 1024;
+    let mut stream = connect(server.http).await;
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write the head");
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    let mut write_error = None;
+    while sent < body_len {
+        match stream.write_all(&chunk).await {
+            Ok(()) => sent += chunk.len(),
+            Err(e) => {
+                write_error = Some(e);
+                break;
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer and the close within 10 s");
+    assert!(
+        write_error.is_none(),
+        "sending the body failed after {sent} bytes: {write_error:?} (the server reset the connection)"
+    );
+    read.expect("reading the answer (a reset destroys it)");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("body_too_large"), "{text}");
+    assert!(text.contains("max_body_bytes"), "{text}");
 }

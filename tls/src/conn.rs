@@ -55,6 +55,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// request (a request racing the deadline is served, not cut).
 const IDLE_GRACE: Duration = Duration::from_secs(1);
 
+/// Bytes read at a time while lingering: large, so a client still sending
+/// a big body costs few system calls.
+const LINGER_READ: usize = 64 * 1024;
+
 /// Descriptors a cell may hold beyond `max_per_cell` client connections:
 /// lingering refusals, the connection being refused on each listener, and
 /// the listeners themselves. The server keeps cells × (`max_per_cell` +
@@ -97,6 +101,14 @@ pub struct ConnectionsConfig {
     /// new ones are refused. Lowered at start when the cells together would
     /// not fit below the descriptor limit.
     pub max_per_cell: usize,
+    /// When the server closes a connection, it first stops sending, then
+    /// reads and discards what the client still sends for at most this
+    /// long (a lingering close, as nginx's `lingering_time`): closing a
+    /// socket with unread bytes resets it, and the reset destroys an answer
+    /// the client has not read yet — the 413 to an oversized body, say.
+    /// `0s` closes at once.
+    #[serde(deserialize_with = "duration")]
+    pub lingering_time: Duration,
 }
 
 impl Default for ConnectionsConfig {
@@ -107,6 +119,7 @@ impl Default for ConnectionsConfig {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),
             max_per_cell: 10_000,
+            lingering_time: Duration::from_secs(5),
         }
     }
 }
@@ -371,10 +384,13 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let idle_timeout = shared.config.idle_timeout;
+        let timing = Timing {
+            idle_timeout: shared.config.idle_timeout,
+            lingering_time: shared.config.lingering_time,
+        };
         match &shared.tls {
             None => {
-                let conn = Conn::new(Io::Plain(tcp), peer, idle_timeout, slot);
+                let conn = Conn::new(Io::Plain(tcp), peer, timing, slot);
                 if tx.send(conn).await.is_err() {
                     return;
                 }
@@ -390,8 +406,7 @@ async fn accept_loop(
                     drop(handshake);
                     match result {
                         Ok(Ok(stream)) => {
-                            let conn =
-                                Conn::new(Io::Tls(Box::new(stream)), peer, idle_timeout, slot);
+                            let conn = Conn::new(Io::Tls(Box::new(stream)), peer, timing, slot);
                             let _ = tx.send(conn).await;
                         }
                         Ok(Err(e)) => {
@@ -518,6 +533,13 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
     }
 }
 
+/// A connection's clocks, from `[connections]`.
+#[derive(Clone, Copy)]
+struct Timing {
+    idle_timeout: Duration,
+    lingering_time: Duration,
+}
+
 enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -531,6 +553,12 @@ pub struct Conn {
     peer: SocketAddr,
     activity: Arc<Activity>,
     idle_timeout: Duration,
+    lingering_time: Duration,
+    /// Set once the sending side is shut: until when the client's last
+    /// bytes are read and discarded.
+    linger: Option<Pin<Box<Sleep>>>,
+    /// Where lingering reads go (allocated when it starts).
+    scratch: Option<Box<[u8]>>,
     timer: Pin<Box<Sleep>>,
     /// The deadline `timer` is set to.
     armed: Instant,
@@ -551,7 +579,11 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    fn new(io: Io, peer: SocketAddr, idle_timeout: Duration, slot: Slot) -> Self {
+    fn new(io: Io, peer: SocketAddr, timing: Timing, slot: Slot) -> Self {
+        let Timing {
+            idle_timeout,
+            lingering_time,
+        } = timing;
         let activity = Arc::new(Activity::new());
         let armed = activity.born + idle_timeout;
         Self {
@@ -559,6 +591,9 @@ impl Conn {
             peer,
             activity,
             idle_timeout,
+            lingering_time,
+            linger: None,
+            scratch: None,
             timer: Box::pin(tokio::time::sleep_until(armed)),
             armed,
             grace: None,
@@ -704,10 +739,47 @@ impl AsyncWrite for Conn {
         }
     }
 
+    /// Stops sending (under TLS, after `close_notify`), then lingers: reads
+    /// and discards what the client still sends until it closes too, or
+    /// for `lingering_time`. Without this, a client still sending a body
+    /// the server refused would have its connection reset, and lose the
+    /// refusal waiting in its receive buffer.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            let shut = match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            };
+            match shut {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            if this.lingering_time.is_zero() {
+                return Poll::Ready(Ok(()));
+            }
+            this.linger = Some(Box::pin(tokio::time::sleep(this.lingering_time)));
+        }
+        let Some(until) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let scratch = this
+            .scratch
+            .get_or_insert_with(|| vec![0u8; LINGER_READ].into_boxed_slice());
+        loop {
+            if until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(scratch);
+            // tokio's cooperative budget bounds this loop: a client pouring
+            // bytes in gets `Pending` every so often, like any reader.
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // End of file, or an error: nothing more to protect.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

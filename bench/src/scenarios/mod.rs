@@ -40,6 +40,8 @@ pub struct Ctx {
     /// Offered rate of `burst` (overriding 10,000 req/s) or of `hostile`'s
     /// attacker (overriding 200 req/s).
     pub rate: Option<f64>,
+    /// `hostile`: only these attacks (empty: all of them).
+    pub attacks: Vec<String>,
     /// The command line, for the report.
     pub command: String,
 }

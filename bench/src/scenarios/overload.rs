@@ -17,7 +17,7 @@ use serde_json::json;
 use super::{Ctx, events_body, get, http_client, median, post_events, thousands};
 use crate::load::{self, RunStats};
 use crate::report::{Report, class_table, run_json};
-use crate::server::{Meter, Usage, mb};
+use crate::server::{Meter, Server, Usage, mb};
 
 const ORG_QPS: u32 = 100;
 const NEIGHBOURS_PER_CELL: usize = 4;
@@ -55,6 +55,39 @@ pub fn neighbour_request(
     } else {
         Box::pin(get(client, query_url.to_owned(), token, cell))
     }
+}
+
+/// Tokens of the neighbour orgs `same` (cell 0) and `other` (cell 1), as
+/// `(cell, token)`, after 100 events of each are ingested (so that their
+/// reads return a page).
+pub async fn seed_neighbours(
+    server: &Server,
+    client: &reqwest::Client,
+    ingest_url: &Arc<str>,
+    same: &[String],
+    other: &[String],
+) -> anyhow::Result<Vec<(usize, Arc<str>)>> {
+    let calm: Vec<(usize, Arc<str>)> = same
+        .iter()
+        .map(|o| (0, o))
+        .chain(other.iter().map(|o| (1, o)))
+        .map(|(c, o)| server.token(o).map(|t| (c, Arc::from(t))))
+        .collect::<anyhow::Result<_>>()?;
+    for (_, t) in &calm {
+        let o = post_events(
+            client.clone(),
+            ingest_url.clone(),
+            t.clone(),
+            events_body(100, 1),
+            0,
+            100,
+        )
+        .await;
+        if o.status != Some(200) {
+            anyhow::bail!("seeding a neighbour answered {:?}", o.status);
+        }
+    }
+    Ok(calm)
 }
 
 /// The first `n` orgs named `<prefix>-<i>` that `cell` owns (of 2).
@@ -106,27 +139,8 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let client = http_client()?;
     let ingest_url: Arc<str> = format!("{}/v1/events", server.http).into();
     let query_url = format!("{}/v1/events?limit=50", server.http);
-    let calm: Vec<(usize, Arc<str>)> = same
-        .iter()
-        .map(|o| (0, o))
-        .chain(other.iter().map(|o| (1, o)))
-        .map(|(c, o)| server.token(o).map(|t| (c, Arc::from(t))))
-        .collect::<anyhow::Result<_>>()?;
+    let calm = seed_neighbours(&server, &client, &ingest_url, &same, &other).await?;
     let flood_token: Arc<str> = server.token(&flooder)?.into();
-    for (_, t) in &calm {
-        let o = post_events(
-            client.clone(),
-            ingest_url.clone(),
-            t.clone(),
-            events_body(100, 1),
-            0,
-            100,
-        )
-        .await;
-        if o.status != Some(200) {
-            anyhow::bail!("seeding a neighbour answered {:?}", o.status);
-        }
-    }
     let small = events_body(5, 7);
     let one = events_body(1, 9);
     let calm_rate = NEIGHBOUR_RATE * calm.len() as f64;
