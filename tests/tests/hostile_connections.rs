@@ -595,7 +595,7 @@ async fn an_oversized_body_sent_whole_gets_its_413_not_a_reset() {
         .await;
     let token = server.token("linger", Role::Viewer);
     let body_len = 8 * 1024 * 1024;
-    let mut stream = connect(server.http).await;
+    let mut stream = connect(server.ports().http).await;
     let head = format!(
         "POST /graphql HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {body_len}\r\n\r\n"
     );
