@@ -313,8 +313,19 @@ async fn serve_connection(
                 .insert(axum::extract::ConnectInfo(peer));
             let in_flight = Some(activity.request());
             let app = app.clone();
+            let http1 = request.version() < ::http::Version::HTTP_2;
             async move {
-                let response = tower::ServiceExt::oneshot(app, request).await?;
+                let mut response = tower::ServiceExt::oneshot(app, request).await?;
+                // A body refused as too large is left unread, so the
+                // connection cannot carry another request: say so, or a
+                // client may reuse it and lose its next request to the
+                // lingering close.
+                if http1 && response.status() == ::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    response.headers_mut().insert(
+                        ::http::header::CONNECTION,
+                        ::http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, std::convert::Infallible>(
                     response.map(|body| honeycell_tls::conn::Tracked::new(body, in_flight)),
                 )

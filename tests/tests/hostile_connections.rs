@@ -627,6 +627,12 @@ async fn an_oversized_body_sent_whole_gets_its_413_not_a_reset() {
     read.expect("reading the answer (a reset destroys it)");
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    // The unread body makes the connection unusable: clients are told so.
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
     assert!(text.contains("body_too_large"), "{text}");
     assert!(text.contains("max_body_bytes"), "{text}");
 }
