@@ -27,6 +27,20 @@ use honeycell_types::OrgId;
 /// A target: what it does with one input.
 pub type Target = fn(&[u8]);
 
+/// Lets panics that the code under test catches itself pass quietly.
+///
+/// The Arrow decoders (DoPut's IPC messages, WAL payloads, segment files)
+/// run under `catch_unwind` by design: arrow panics on some malformed
+/// input, and the server turns that into a refusal. libFuzzer's panic
+/// hook aborts on every panic, caught or not, which would report those
+/// handled cases as crashes and stop the run; with this hook they pass,
+/// and a panic that escapes the target still aborts (libfuzzer-sys checks
+/// each input's unwinding), so it remains a finding.
+fn allow_caught_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+}
+
 /// Every target, by the name of its corpus folder.
 pub const TARGETS: [(&str, Target); 8] = [
     ("ingest_json", ingest_json),
@@ -98,6 +112,7 @@ pub fn credentials(data: &[u8]) {
 /// length, body` (little-endian), fed to the checked decoder; each batch it
 /// accepts goes through the event checks, as DoPut's do.
 pub fn ipc_stream(data: &[u8]) {
+    allow_caught_panics();
     let org = OrgId::new("fuzz").ok();
     let mut decoder = honeycell_storage::IpcDecoder::default();
     let mut rest = data;
@@ -166,6 +181,7 @@ fn plan(sql: &str) {
 /// as the payload of a frame with a valid checksum (so that the payload's
 /// Arrow decoding is reached).
 pub fn wal_frames(data: &[u8]) {
+    allow_caught_panics();
     let _ = honeycell_storage::fuzzing::scan_wal(data);
     let framed = honeycell_storage::fuzzing::wal_frame(0, data);
     let _ = honeycell_storage::fuzzing::scan_wal(&framed);
@@ -173,6 +189,7 @@ pub fn wal_frames(data: &[u8]) {
 
 /// A segment file as recovery maps and decodes it.
 pub fn segment_file(data: &[u8]) {
+    allow_caught_panics();
     let Ok(mut file) = tempfile::NamedTempFile::new() else {
         return;
     };

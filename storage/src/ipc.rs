@@ -140,8 +140,9 @@ fn check_batch(batch: &arrow_ipc::RecordBatch<'_>, body: u64) -> Result<(), Stri
     Ok(())
 }
 
-/// Runs an arrow decode, turning a panic into a refusal.
-fn guarded<T>(
+/// Runs an arrow decode, turning a panic into a refusal (also used for
+/// segment files at recovery).
+pub(crate) fn guarded<T>(
     what: &str,
     decode: impl FnOnce() -> Result<T, arrow_schema::ArrowError>,
 ) -> Result<T, String> {

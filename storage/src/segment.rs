@@ -159,10 +159,15 @@ pub(crate) fn load_segment(path: &Path, first: u64, end: u64) -> Result<Segment>
     })?;
     let footer = root_as_footer(&buffer[footer_start..trailer_start])
         .map_err(|e| corrupt(footer_start as u64, format!("bad footer: {e}")))?;
-    let file_schema = footer
+    // arrow panics on some malformed files (an integer of width 0, a
+    // validity buffer shorter than its length — both found by fuzzing):
+    // every decode is guarded, so such a file is "corrupt", never a crash
+    // at recovery.
+    let fb_schema = footer
         .schema()
-        .map(fb_to_schema)
         .ok_or_else(|| corrupt(footer_start as u64, "footer has no schema".into()))?;
+    let file_schema = crate::ipc::guarded("the footer's schema", || Ok(fb_to_schema(fb_schema)))
+        .map_err(|e| corrupt(footer_start as u64, e))?;
     let schema = event_schema();
     if file_schema.fields() != schema.fields() {
         return Err(corrupt(
@@ -200,10 +205,11 @@ pub(crate) fn load_segment(path: &Path, first: u64, end: u64) -> Result<Segment>
             }
         };
         let data = buffer.slice_with_length(start, block_len);
-        let batch = decoder
-            .read_record_batch(block, &data)
-            .map_err(|e| corrupt(start as u64, format!("undecodable record batch: {e}")))?
-            .ok_or_else(|| corrupt(start as u64, "empty record batch message".into()))?;
+        let batch = crate::ipc::guarded("the record batch", || {
+            decoder.read_record_batch(block, &data)
+        })
+        .map_err(|e| corrupt(start as u64, e))?
+        .ok_or_else(|| corrupt(start as u64, "empty record batch message".into()))?;
         if batch.num_rows() == 0 {
             continue;
         }
