@@ -129,6 +129,7 @@ fn decode_at(buf: &[u8]) -> std::result::Result<(u64, RecordBatch, usize), Strin
 }
 
 fn decode_payload(payload: &[u8]) -> std::result::Result<RecordBatch, String> {
+    check_stream_lengths(payload)?;
     let reader = StreamReader::try_new(Cursor::new(payload), None)
         .map_err(|e| format!("undecodable payload: {e}"))?;
     if reader.schema().fields() != event_schema().fields() {
@@ -142,6 +143,51 @@ fn decode_payload(payload: &[u8]) -> std::result::Result<RecordBatch, String> {
         1 => batches.pop().ok_or_else(|| "no batch".into()),
         _ => arrow_select::concat::concat_batches(&event_schema(), &batches)
             .map_err(|e| format!("undecodable payload: {e}")),
+    }
+}
+
+/// Walks the IPC stream's framing (continuation marker, metadata length,
+/// `Message` flatbuffer, body) and checks that every length fits in the
+/// payload. arrow's reader allocates a message's claimed body length before
+/// reading it, and a failed allocation aborts the process (no
+/// `catch_unwind` helps): a frame claiming 2^40 bytes would stop recovery
+/// for good (found by fuzzing `wal_frames`).
+fn check_stream_lengths(payload: &[u8]) -> std::result::Result<(), String> {
+    let mut rest = payload;
+    let next_i32 = |rest: &mut &[u8]| -> Option<i32> {
+        let (head, tail) = rest.split_first_chunk::<4>()?;
+        *rest = tail;
+        Some(i32::from_le_bytes(*head))
+    };
+    loop {
+        let Some(mut len) = next_i32(&mut rest) else {
+            // The stream may end without its end-of-stream marker.
+            return Ok(());
+        };
+        if len == -1 {
+            len = next_i32(&mut rest).ok_or("a message's length is cut off")?;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= rest.len())
+            .ok_or_else(|| format!("a message's metadata claims {len} bytes of {}", rest.len()))?;
+        let (meta, tail) = rest.split_at(len);
+        let message = arrow_ipc::root_as_message(meta)
+            .map_err(|e| format!("undecodable message metadata: {e}"))?;
+        let body = usize::try_from(message.bodyLength())
+            .ok()
+            .filter(|&b| b <= tail.len())
+            .ok_or_else(|| {
+                format!(
+                    "a message's body claims {} bytes of {}",
+                    message.bodyLength(),
+                    tail.len()
+                )
+            })?;
+        rest = &tail[body..];
     }
 }
 
