@@ -33,6 +33,9 @@ pub struct Quota {
     /// Flight SQL queries of the org running at once (RESOURCE_EXHAUSTED
     /// beyond); `None`: the server's default per org.
     pub max_queries: Option<u32>,
+    /// Seconds of computing the org's Flight SQL queries may use per
+    /// minute; `None`: the server's default.
+    pub query_seconds_per_minute: Option<u32>,
 }
 
 /// The kind of credential a request presented. API keys and OAuth-issued

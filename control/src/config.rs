@@ -82,6 +82,10 @@ pub struct TierConfig {
     /// Flight SQL queries of the org running at once (in the whole
     /// process); beyond, RESOURCE_EXHAUSTED. Absent: `flight_sql.max_queries_per_org`.
     pub max_concurrent_queries: Option<u32>,
+    /// Seconds of computing the org's Flight SQL queries may use per
+    /// minute (1 to 3600); beyond, RESOURCE_EXHAUSTED with `retry-after`.
+    /// Absent: `flight_sql.org_query_seconds_per_minute`.
+    pub query_seconds_per_minute: Option<u32>,
 }
 
 /// The tiers, resolved for lookups.
@@ -99,6 +103,7 @@ impl Tiers {
                 && t.max_qps.is_none()
                 && t.max_concurrent_requests.is_none()
                 && t.max_concurrent_queries.is_none()
+                && t.query_seconds_per_minute.is_none()
         })
     }
 
@@ -115,6 +120,7 @@ impl Tiers {
                 max_qps: t.max_qps,
                 max_concurrent: t.max_concurrent_requests,
                 max_queries: t.max_concurrent_queries,
+                query_seconds_per_minute: t.query_seconds_per_minute,
             },
         }
     }
@@ -214,6 +220,13 @@ impl ControlConfig {
             {
                 return Err(Error::Config(format!(
                     "control.tiers.{name}: max_storage_gb, max_qps, max_concurrent_requests and max_concurrent_queries must be above 0"
+                )));
+            }
+            if t.query_seconds_per_minute
+                .is_some_and(|s| !(1..=3_600).contains(&s))
+            {
+                return Err(Error::Config(format!(
+                    "control.tiers.{name}.query_seconds_per_minute must be from 1 to 3600 (60 is one query worker's whole time)"
                 )));
             }
         }

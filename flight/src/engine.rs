@@ -18,15 +18,29 @@
 //! (`generate_series`, `range`) and functions that build arbitrarily large
 //! values from small inputs (`repeat`, `lpad`, `rpad`) are not available.
 //!
+//! An org's queries also share a budget of computing time: its tier's
+//! `query_seconds_per_minute`, else `flight_sql.org_query_seconds_per_minute`
+//! (a token bucket holding at most `query_timeout`, so that one query of
+//! the longest kind can always start from a full bucket). Every query's
+//! computing time (planning and producing batches, not waiting for the
+//! client) is charged as it is spent; once the org's bucket is empty its
+//! next query is refused with RESOURCE_EXHAUSTED and a `retry-after` of the
+//! time the bucket needs to refill past zero. Concurrency limits bound how
+//! much of the pool an org holds at one moment; the budget bounds how much
+//! it holds over a minute, so an org running heavy queries back to back
+//! takes its share of the CPU, not all of what the cells leave idle (which
+//! still slows them: cores share caches and memory bandwidth).
+//!
 //! The per-org counters are the one piece of state here shared between
-//! cells (behind a mutex taken once when a query starts and once when it
-//! ends): a query's cost is not bound to the cell that received it.
+//! cells (behind a mutex taken when a query starts, when it ends and once
+//! per batch it computes): a query's cost is not bound to the cell that
+//! received it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -72,6 +86,9 @@ pub struct SqlConfig {
     /// later pass walks recursively; this bounds that depth (parentheses,
     /// function calls and subqueries are bounded by the parser itself).
     pub max_sql_operators: usize,
+    /// Seconds of computing an org's queries may use per minute, unless its
+    /// tier says otherwise (a token bucket of at most `query_timeout`).
+    pub org_query_seconds_per_minute: u32,
 }
 
 impl Default for SqlConfig {
@@ -84,6 +101,7 @@ impl Default for SqlConfig {
             max_queries_per_org: 2,
             max_sql_bytes: 64 * 1024,
             max_sql_operators: 500,
+            org_query_seconds_per_minute: 15,
         }
     }
 }
@@ -118,6 +136,9 @@ impl SqlConfig {
         if !(16..=2_000).contains(&self.max_sql_operators) {
             return Err("flight_sql.max_sql_operators must be from 16 to 2000".into());
         }
+        if !(1..=3_600).contains(&self.org_query_seconds_per_minute) {
+            return Err("flight_sql.org_query_seconds_per_minute must be from 1 to 3600 (60 is one query worker's whole time)".into());
+        }
         Ok(())
     }
 }
@@ -144,6 +165,33 @@ impl fmt::Debug for QueryEngine {
 struct Running {
     total: usize,
     by_org: HashMap<OrgId, usize>,
+    /// Computing-time budgets of orgs that used some lately.
+    budgets: HashMap<OrgId, Budget>,
+}
+
+/// An org's computing time, as a token bucket in seconds. It may go below
+/// zero (a running query is charged as it computes, and is stopped only by
+/// `query_timeout`); the org then waits until it refills past zero.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    seconds: f64,
+    at: Instant,
+    /// The org's refill rate, as of its last query.
+    per_minute: f64,
+}
+
+/// Orgs' budgets kept before full ones are forgotten (a full bucket is the
+/// same as none).
+const BUDGETS_KEPT: usize = 4_096;
+
+impl Budget {
+    /// The balance at `now`, refilled up to `cap`.
+    fn refill(&mut self, now: Instant, cap: f64) -> f64 {
+        let gained = now.saturating_duration_since(self.at).as_secs_f64() * self.per_minute / 60.0;
+        self.seconds = (self.seconds + gained).min(cap);
+        self.at = now;
+        self.seconds
+    }
 }
 
 /// A query's place among the running ones; given back when dropped.
@@ -221,8 +269,28 @@ impl QueryEngine {
                     "the server runs {} queries already (flight_sql.max_concurrent_queries); retry shortly",
                     r.total
                 ),
-                retry: true,
+                retry: Some(Duration::from_secs(1)),
             });
+        }
+        let per_minute = self.seconds_per_minute(ctx);
+        let cap = self.config.query_timeout.as_secs_f64();
+        let now = Instant::now();
+        if let Some(b) = r.budgets.get_mut(&ctx.org) {
+            let left = b.refill(now, cap);
+            b.per_minute = per_minute;
+            if left <= 0.0 {
+                let wait = Duration::from_secs_f64((-left * 60.0 / per_minute).max(1.0).ceil());
+                return Err(Error::QueryLimit {
+                    message: format!(
+                        "your org's queries used their computing time ({per_minute} s per minute: its tier's query_seconds_per_minute, else flight_sql.org_query_seconds_per_minute); retry in {} s",
+                        wait.as_secs()
+                    ),
+                    retry: Some(wait),
+                });
+            }
+        }
+        if r.budgets.len() > BUDGETS_KEPT {
+            r.budgets.retain(|_, b| b.refill(now, cap) < cap);
         }
         let n = r.by_org.entry(ctx.org.clone()).or_default();
         if *n >= per_org {
@@ -230,7 +298,7 @@ impl QueryEngine {
                 message: format!(
                     "your org runs {per_org} queries already (its tier's max_concurrent_queries, else flight_sql.max_queries_per_org); retry when one has finished"
                 ),
-                retry: true,
+                retry: Some(Duration::from_secs(1)),
             });
         }
         *n += 1;
@@ -239,6 +307,32 @@ impl QueryEngine {
             engine: self.clone(),
             org: ctx.org.clone(),
         })
+    }
+
+    /// Charges `spent` computing time to `ctx`'s org (see the module
+    /// header).
+    pub fn charge(&self, ctx: &TenantContext, spent: Duration) {
+        let per_minute = self.seconds_per_minute(ctx);
+        let cap = self.config.query_timeout.as_secs_f64();
+        let now = Instant::now();
+        if let Ok(mut r) = self.running.lock() {
+            let b = r.budgets.entry(ctx.org.clone()).or_insert(Budget {
+                seconds: cap,
+                at: now,
+                per_minute,
+            });
+            b.refill(now, cap);
+            b.per_minute = per_minute;
+            b.seconds -= spent.as_secs_f64();
+        }
+    }
+
+    /// The refill rate of `ctx`'s org's budget.
+    fn seconds_per_minute(&self, ctx: &TenantContext) -> f64 {
+        ctx.quota
+            .query_seconds_per_minute
+            .unwrap_or(self.config.org_query_seconds_per_minute)
+            .into()
     }
 
     /// A fresh session for one query: one partition, its own memory
@@ -417,6 +511,60 @@ mod operator_tests {
             .build()
             .expect("runtime");
         QueryEngine::new(SqlConfig::default(), rt.handle().clone())
+    }
+
+    fn tenant(org: &str, quota: honeycell_auth::Quota) -> TenantContext {
+        TenantContext {
+            org: OrgId::new(org).expect("org"),
+            subject: "analyst".into(),
+            role: honeycell_auth::Role::Viewer,
+            credential: honeycell_auth::Credential::ApiKey {
+                key_id: "k".into(),
+                scopes: honeycell_auth::ActionSet::ALL,
+            },
+            quota,
+        }
+    }
+
+    #[test]
+    fn an_org_that_spent_its_computing_time_waits_for_it_to_refill() {
+        let e = engine();
+        let heavy = tenant("heavy", Default::default());
+        let other = tenant("other", Default::default());
+        drop(e.admit(&heavy).expect("a full budget"));
+        // 30 s of budget (query_timeout); 36 s spent is 6 s in debt, which
+        // takes 24 s to refill at 15 s per minute.
+        e.charge(&heavy, Duration::from_secs(36));
+        let err = e.admit(&heavy).expect_err("the budget is spent");
+        let Error::QueryLimit {
+            retry: Some(wait),
+            message,
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!((23..=24).contains(&wait.as_secs()), "{wait:?}");
+        assert!(
+            message.contains("org_query_seconds_per_minute"),
+            "{message}"
+        );
+        assert_eq!(
+            err.class(),
+            honeycell_types::ErrorClass::Overloaded { retry_after: *wait }
+        );
+        drop(e.admit(&other).expect("another org's budget is its own"));
+        // A tier's rate replaces the default: at 3600 s per minute the debt
+        // is gone after 0.1 s.
+        let rich = tenant(
+            "heavy",
+            honeycell_auth::Quota {
+                query_seconds_per_minute: Some(3_600),
+                ..Default::default()
+            },
+        );
+        let _ = e.admit(&rich);
+        std::thread::sleep(Duration::from_millis(150));
+        drop(e.admit(&rich).expect("refilled at the tier's rate"));
     }
 
     #[test]

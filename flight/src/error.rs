@@ -34,10 +34,14 @@ pub enum Error {
     QueryWorkerGone,
     #[error("malformed Arrow IPC message: {reason}")]
     BadIpc { reason: String },
-    /// A Flight SQL limit (memory, concurrency, text size); `retry` when it
-    /// depends on what else runs.
+    /// A Flight SQL limit (memory, concurrency, computing time, text
+    /// size); `retry`: when to try again, for limits that pass (what else
+    /// runs, a budget that refills), `None` for the query's own size.
     #[error("{message}")]
-    QueryLimit { message: String, retry: bool },
+    QueryLimit {
+        message: String,
+        retry: Option<std::time::Duration>,
+    },
     #[error(
         "the query computed for longer than {limit:?} (flight_sql.query_timeout) and was stopped; filter, aggregate or LIMIT it"
     )]
@@ -69,10 +73,13 @@ impl Error {
             Error::Unsupported { .. } | Error::UnknownAction { .. } => ErrorClass::BadRequest,
             Error::Flight(_) => ErrorClass::BadRequest,
             Error::QueryWorkerGone => ErrorClass::Internal,
-            Error::QueryLimit { retry: true, .. } => ErrorClass::Overloaded {
-                retry_after: std::time::Duration::from_secs(1),
+            Error::QueryLimit {
+                retry: Some(retry_after),
+                ..
+            } => ErrorClass::Overloaded {
+                retry_after: *retry_after,
             },
-            Error::QueryLimit { retry: false, .. } => ErrorClass::TooLarge,
+            Error::QueryLimit { retry: None, .. } => ErrorClass::TooLarge,
             Error::QueryTimeout { .. } => ErrorClass::TimedOut,
         }
     }
@@ -102,7 +109,7 @@ impl From<Error> for Status {
         if let Error::Unsupported { .. } | Error::UnknownAction { .. } = e {
             return Status::unimplemented(bounded(e.to_string()));
         }
-        if let Error::QueryLimit { retry: false, .. } = e {
+        if let Error::QueryLimit { retry: None, .. } = e {
             return Status::resource_exhausted(bounded(e.to_string()));
         }
         if class == ErrorClass::Internal {

@@ -66,8 +66,9 @@ impl SqlService {
 
     /// Plans `sql` against the caller's snapshot on the query pool and
     /// returns the result schema and a stream of batches. The query holds
-    /// its admission (`engine.rs`) until it ends; it is stopped when it has
-    /// computed for `flight_sql.query_timeout` or its client went away.
+    /// its admission (`engine.rs`) until it ends and is charged its
+    /// computing time as it goes; it is stopped when it has computed for
+    /// `flight_sql.query_timeout` or its client went away.
     async fn run(
         &self,
         ctx: &TenantContext,
@@ -84,9 +85,11 @@ impl SqlService {
         let (schema_tx, schema_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(4);
         let limit = engine.config().query_timeout;
+        let ctx = ctx.clone();
         engine.pool().clone().spawn(async move {
             let started = Instant::now();
             let planned = tokio::time::timeout(limit, plan(&engine, snapshot, &sql)).await;
+            engine.charge(&ctx, started.elapsed());
             // The place is given back before the answer goes out, so that a
             // client's next call (DoGet after GetFlightInfo) finds it free.
             let admission = (execute && matches!(planned, Ok(Ok(_)))).then_some(admission);
@@ -120,9 +123,15 @@ impl SqlService {
                 let step = Instant::now();
                 let item = tokio::select! {
                     // The client went away: dropping the stream stops the plan.
-                    () = tx.closed() => return,
+                    () = tx.closed() => {
+                        engine.charge(&ctx, step.elapsed());
+                        return;
+                    }
                     item = tokio::time::timeout(left, stream.next()) => item,
                 };
+                let spent = step.elapsed();
+                engine.charge(&ctx, spent);
+                left = left.saturating_sub(spent);
                 let item = match item {
                     Err(_) => Err(FlightError::Tonic(Box::new(
                         Error::QueryTimeout { limit }.into(),
@@ -130,7 +139,6 @@ impl SqlService {
                     Ok(None) => return,
                     Ok(Some(item)) => item.map_err(query_error),
                 };
-                left = left.saturating_sub(step.elapsed());
                 let last = item.is_err();
                 if tx.send(item).await.is_err() || last {
                     return;
@@ -250,7 +258,7 @@ fn sql_error(e: &DataFusionError) -> Error {
     if message.contains(crate::engine::SERVER_MEMORY) {
         return Error::QueryLimit {
             message: message.clone(),
-            retry: true,
+            retry: Some(std::time::Duration::from_secs(1)),
         };
     }
     let message = if message.contains(crate::engine::QUERY_MEMORY) {
@@ -263,7 +271,7 @@ fn sql_error(e: &DataFusionError) -> Error {
     };
     Error::QueryLimit {
         message,
-        retry: false,
+        retry: None,
     }
 }
 

@@ -221,6 +221,57 @@ async fn a_query_over_its_time_limit_is_stopped_and_says_so() {
 }
 
 #[tokio::test]
+async fn an_org_running_heavy_queries_back_to_back_gets_its_share_of_computing_time() {
+    // Queries may compute for 2 s each, and an org for 1 s per minute: the
+    // bucket (2 s) is spent by the first query stopped at its limit, or by
+    // the second, and the org must then wait, told for how long.
+    let server = TestServer::builder()
+        .toml("[flight_sql]\nquery_timeout = \"2s\"\norg_query_seconds_per_minute = 1")
+        .start()
+        .await;
+    let admin = server.token("acme", Role::Admin);
+    let other = server.token("other", Role::Admin);
+    ingest_padded(&server, &admin, 2_000, 0).await;
+    ingest_padded(&server, &other, 10, 0).await;
+    let mut stopped = 0;
+    let refused = loop {
+        assert!(stopped < 3, "{stopped} heavy queries ran, none refused");
+        match server.sql(&admin, CROSS).await.map_err(flight_status) {
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => stopped += 1,
+            Err(s) => break s,
+            Ok(_) => panic!("the cross join finished within 2 s"),
+        }
+    };
+    assert!(stopped >= 1);
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("flight_sql.org_query_seconds_per_minute"),
+        "{refused}"
+    );
+    // In debt by up to 2 s at 1 s per minute: up to 2 minutes.
+    let retry: u64 = refused
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a retry-after: {refused:?}"));
+    assert!((1..=130).contains(&retry), "retry-after {retry}");
+    // Cheap queries of the org wait too; another org's do not.
+    let e = server
+        .sql_status(&admin, "SELECT 1")
+        .await
+        .expect_err("spent");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    server
+        .sql(&other, "SELECT count(*) FROM events")
+        .await
+        .expect("another org's budget is its own");
+    still_serving(&server, &admin).await;
+}
+
+#[tokio::test]
 async fn a_query_over_its_memory_limit_is_refused_and_names_it() {
     let server = TestServer::builder()
         .toml("[flight_sql]\nmax_query_memory = 4194304")

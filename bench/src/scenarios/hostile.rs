@@ -156,7 +156,7 @@ impl Kind {
             Kind::Deep => "400 query_too_deep",
             Kind::Costly => "400 query_too_costly",
             Kind::CrossJoin => {
-                "DEADLINE_EXCEEDED (query_timeout), RESOURCE_EXHAUSTED (max_queries_per_org), or OK when the query got the CPU to finish within query_timeout"
+                "DEADLINE_EXCEEDED (query_timeout), RESOURCE_EXHAUSTED (max_queries_per_org, org_query_seconds_per_minute), or OK when the query got the CPU to finish within query_timeout"
             }
             Kind::OrderByData => "RESOURCE_EXHAUSTED (max_query_memory, or the org's query slots)",
             Kind::GenerateSeries => "INVALID_ARGUMENT (or RESOURCE_EXHAUSTED: the org's slots)",
@@ -203,8 +203,8 @@ impl Kind {
             (Kind::Cursor, Answer::Http { status, code }) => {
                 *status == 400 && code == "invalid_cursor"
             }
-            // Bounded either way: stopped at the time limit, refused a slot,
-            // or done within the limit (~4e9 rows counted when the query
+            // Bounded either way: stopped at the time limit, refused a slot
+            // or for its org's spent computing time, or done within the limit (~4e9 rows counted when the query
             // worker finds the cores idle).
             (Kind::CrossJoin, Answer::Grpc { code, .. }) => {
                 matches!(code, C::DeadlineExceeded | C::ResourceExhausted | C::Ok)
@@ -936,7 +936,7 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         order.iter().filter(|x| **x == k).count() as f64 / order.len() as f64 * attack_rate
     };
     rep.line(&format!(
-        "\n2 cells; `flight_sql.query_timeout = {QUERY_TIMEOUT}`, `flight_sql.max_query_memory = {MAX_QUERY_MEMORY}` (4 MiB), other limits at their defaults (`max_queries_per_org = 2`, `max_body_bytes = 16 MiB`); rate limits off, so every hostile request reaches the check that must refuse it. Neighbours: {NEIGHBOURS_PER_CELL} orgs in cell 0 ({}) and {NEIGHBOURS_PER_CELL} in cell 1 ({}), each at {NEIGHBOUR_RATE} req/s open loop, alternating `POST /v1/events` of 5 events and `GET /v1/events?limit=50`, plus Flight SQL `{COUNT}` at {NEIGHBOUR_SQL_RATE}/s each (GetFlightInfo, then DoGet at the owner cell's location). Attacker: `{attacker_org}` in cell 0 with {ATTACKER_EVENTS} events of ~{ATTACKER_PAD} bytes of `data` ingested beforehand; a viewer token (an operator token for the two ingest attacks); {attack_rate:.0} req/s open loop, the kinds interleaved evenly. Baseline (no attacker) and attack phases of {} s alternate, {runs} pair(s); ratios are attack / baseline per pair, median over the pairs.\n",
+        "\n2 cells; `flight_sql.query_timeout = {QUERY_TIMEOUT}`, `flight_sql.max_query_memory = {MAX_QUERY_MEMORY}` (4 MiB), other limits at their defaults (`max_queries_per_org = 2`, `org_query_seconds_per_minute = 15`, `max_body_bytes = 16 MiB`); rate limits off, so every hostile request reaches the check that must refuse it. Neighbours: {NEIGHBOURS_PER_CELL} orgs in cell 0 ({}) and {NEIGHBOURS_PER_CELL} in cell 1 ({}), each at {NEIGHBOUR_RATE} req/s open loop, alternating `POST /v1/events` of 5 events and `GET /v1/events?limit=50`, plus Flight SQL `{COUNT}` at {NEIGHBOUR_SQL_RATE}/s each (GetFlightInfo, then DoGet at the owner cell's location). Attacker: `{attacker_org}` in cell 0 with {ATTACKER_EVENTS} events of ~{ATTACKER_PAD} bytes of `data` ingested beforehand; a viewer token (an operator token for the two ingest attacks); {attack_rate:.0} req/s open loop, the kinds interleaved evenly. Baseline (no attacker) and attack phases of {} s alternate, {runs} pair(s); ratios are attack / baseline per pair, median over the pairs.\n",
         same.join(", "),
         other.join(", "),
         duration.as_secs()
