@@ -13,6 +13,8 @@
 //! and no pool or connection is shared between cells. The embedded store is
 //! one file (redb allows one open handle per file), shared by reference;
 //! its transactions run on the blocking pool, never on a cell's thread.
+//! The attempt budgets (failed authentications, sign-in starts;
+//! `budget.rs`) are shared by all cells on purpose: one budget per process.
 //!
 //! Nothing here is on the per-request hot path: callers cache what they need
 //! (API keys, signing keys) and write audit entries in the background.
@@ -20,6 +22,7 @@
 mod audit;
 mod audit_sink;
 mod authn;
+mod budget;
 mod config;
 mod embedded;
 mod error;
@@ -31,6 +34,7 @@ pub mod trace;
 
 pub use audit::{ChainBreak, ChainVerifier, GENESIS, chain, entry_hash, verify_chain};
 pub use audit_sink::AuditSink;
+pub use budget::{Budgets, BruteForceBudgets};
 pub use authn::{
     API_KEY_PREFIX, Authenticator, BruteForce, NewApiKey, generate_api_key, parse_api_key,
 };
