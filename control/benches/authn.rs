@@ -16,8 +16,8 @@ use honeycell_auth::{
     ActionSet, Credential, JwtConfig, Quota, Role, Signer, TenantContext, Verifier,
 };
 use honeycell_control::{
-    ApiKey, AuditSink, Authenticator, BruteForce, BruteForceBudgets, EmbeddedStore, Store, TokenService, User,
-    ensure_signing_key, generate_api_key,
+    ApiKey, AuditSink, Authenticator, BruteForce, BruteForceBudgets, EmbeddedStore, Store,
+    TokenService, User, ensure_signing_key, generate_api_key,
 };
 use honeycell_types::OrgId;
 

@@ -34,10 +34,10 @@ pub mod trace;
 
 pub use audit::{ChainBreak, ChainVerifier, GENESIS, chain, entry_hash, verify_chain};
 pub use audit_sink::AuditSink;
-pub use budget::{Budgets, BruteForceBudgets};
 pub use authn::{
     API_KEY_PREFIX, Authenticator, BruteForce, NewApiKey, generate_api_key, parse_api_key,
 };
+pub use budget::{BruteForceBudgets, Budgets};
 pub use config::{ControlConfig, StoreKind, StoreOpener, TierConfig, Tiers};
 pub use embedded::EmbeddedStore;
 pub use error::{Error, Result};
