@@ -16,8 +16,8 @@ use honeycell_auth::{
     ActionSet, Credential, JwtConfig, Quota, Role, Signer, TenantContext, Verifier,
 };
 use honeycell_control::{
-    ApiKey, AuditSink, Authenticator, BruteForce, EmbeddedStore, Store, TokenService, User,
-    ensure_signing_key, generate_api_key,
+    ApiKey, AuditSink, Authenticator, BruteForce, BruteForceBudgets, EmbeddedStore, Store,
+    TokenService, User, ensure_signing_key, generate_api_key,
 };
 use honeycell_types::OrgId;
 
@@ -100,7 +100,7 @@ fn authn(c: &mut Criterion) {
         store,
         audit,
         Duration::from_secs(3600),
-        BruteForce::default(),
+        std::sync::Arc::new(BruteForceBudgets::new(BruteForce::default())),
         Default::default(),
     );
     let key_header = format!("Bearer {}", new.plaintext);

@@ -28,13 +28,16 @@
 //!
 //! Brute force. Failed attempts that look like guessing (wrong secret or
 //! signature, garbage — not expired or revoked credentials) are counted per
-//! source address and per API key id in token buckets (`max_failures` per `window`, per cell); while a
-//! bucket is empty, attempts from that address or for that key are refused
-//! with 429 and `Retry-After` before any key is looked up or any signature
-//! checked. A failure against a real key (its org is known) is audited.
+//! source address and per API key id in token buckets (`max_failures` per
+//! `window`), one per process whatever cell a connection lands on
+//! (`budget.rs`); while a bucket is empty, attempts from that address or
+//! for that key are refused with 429 and `Retry-After` before any key is
+//! looked up or any signature checked. A failure against a real key (its
+//! org is known) is audited.
 //!
-//! One [`Authenticator`] per cell: its locks are only ever taken by that
-//! cell's thread (or, in `--runtime shared`, by the shared pool).
+//! One [`Authenticator`] per cell: its caches' locks are only ever taken by
+//! that cell's thread (or, in `--runtime shared`, by the shared pool); the
+//! brute-force budgets are the process's, shared by every cell.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,6 +52,7 @@ use subtle::ConstantTimeEq;
 
 use crate::Store;
 use crate::audit_sink::AuditSink;
+use crate::budget::BruteForceBudgets;
 use crate::error::{Error, Result};
 use crate::model::{ApiKey, AuditDraft};
 
@@ -170,7 +174,8 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
     }
 }
 
-/// Limits on failed authentication (per cell).
+/// Limits on failed authentication (`control.brute_force_*`), one budget
+/// per process: see [`crate::BruteForceBudgets`].
 #[derive(Clone, Copy, Debug)]
 pub struct BruteForce {
     /// Failures allowed per source address, and per API key id, in `window`.
@@ -187,56 +192,6 @@ impl Default for BruteForce {
     }
 }
 
-/// A token bucket of allowed failures.
-struct FailBucket {
-    tokens: f64,
-    at: Instant,
-}
-
-/// Failure buckets by address or key id.
-pub(crate) struct Failures<K> {
-    limit: BruteForce,
-    buckets: HashMap<K, FailBucket>,
-}
-
-impl<K: std::hash::Hash + Eq> Failures<K> {
-    pub(crate) fn new(limit: BruteForce) -> Self {
-        Failures {
-            limit,
-            buckets: HashMap::new(),
-        }
-    }
-
-    fn rate(&self) -> f64 {
-        f64::from(self.limit.max_failures) / self.limit.window.as_secs_f64().max(0.001)
-    }
-
-    /// `Some(seconds to wait)` while `k` has no failures left.
-    pub(crate) fn blocked(&mut self, k: &K) -> Option<u64> {
-        let rate = self.rate();
-        let cap = f64::from(self.limit.max_failures);
-        let b = self.buckets.get_mut(k)?;
-        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64() * rate).min(cap);
-        b.at = Instant::now();
-        (b.tokens < 1.0).then(|| ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64)
-    }
-
-    pub(crate) fn fail(&mut self, k: K) {
-        if self.buckets.len() >= MAX_CACHED {
-            // A flood of distinct addresses: start over rather than grow.
-            self.buckets.clear();
-        }
-        let rate = self.rate();
-        let cap = f64::from(self.limit.max_failures);
-        let b = self.buckets.entry(k).or_insert(FailBucket {
-            tokens: cap,
-            at: Instant::now(),
-        });
-        b.tokens = (b.tokens + b.at.elapsed().as_secs_f64() * rate).min(cap) - 1.0;
-        b.at = Instant::now();
-    }
-}
-
 /// Authenticates requests for one cell.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -249,8 +204,8 @@ struct Inner {
     tokens: Option<crate::TokenService>,
     store: Store,
     audit: AuditSink,
-    by_addr: Mutex<Failures<IpAddr>>,
-    by_key: Mutex<Failures<String>>,
+    /// Shared by every cell's authenticator.
+    brute_force: Arc<BruteForceBudgets>,
     cache_ttl: Duration,
     /// Key id → its record (`None`: no such key).
     keys: TtlCache<String, Option<Arc<ApiKey>>>,
@@ -285,7 +240,7 @@ impl Authenticator {
         store: Store,
         audit: AuditSink,
         cache_ttl: Duration,
-        brute_force: BruteForce,
+        brute_force: Arc<BruteForceBudgets>,
         tiers: Arc<crate::Tiers>,
     ) -> Self {
         Authenticator {
@@ -294,8 +249,7 @@ impl Authenticator {
                 tokens,
                 store,
                 audit,
-                by_addr: Mutex::new(Failures::new(brute_force)),
-                by_key: Mutex::new(Failures::new(brute_force)),
+                brute_force,
                 cache_ttl,
                 keys: TtlCache::new(cache_ttl),
                 tiers,
@@ -315,16 +269,13 @@ impl Authenticator {
     /// `Some(seconds)` while `peer` may not try again (for endpoints that
     /// check credentials of their own, such as `/auth/refresh`).
     pub fn blocked(&self, peer: Option<IpAddr>) -> Option<u64> {
-        let ip = peer?;
-        self.inner.by_addr.lock().ok()?.blocked(&ip)
+        self.inner.brute_force.by_addr.blocked(&peer?)
     }
 
     /// Counts a failed attempt from `peer`.
     pub fn failed(&self, peer: Option<IpAddr>) {
-        if let Some(ip) = peer
-            && let Ok(mut f) = self.inner.by_addr.lock()
-        {
-            f.fail(ip);
+        if let Some(ip) = peer {
+            self.inner.brute_force.by_addr.spend(ip);
         }
     }
 
@@ -343,14 +294,9 @@ impl Authenticator {
         authorization: Option<&str>,
         peer: Option<IpAddr>,
     ) -> Result<TenantContext> {
-        if let Some(ip) = peer
-            && let Some(wait) = self
-                .inner
-                .by_addr
-                .lock()
-                .ok()
-                .and_then(|mut f| f.blocked(&ip))
-        {
+        // On every request: one hash and one atomic load, no lock, unless
+        // this address's shard may hold an exhausted budget.
+        if let Some(wait) = self.blocked(peer) {
             return Err(Error::Auth(honeycell_auth::Error::TooManyFailures {
                 retry_after_secs: wait,
             }));
@@ -369,11 +315,10 @@ impl Authenticator {
                 .verify_bearer(Some(raw))
                 .map_err(Error::from),
         };
-        if let (Err(Error::Auth(e)), Some(ip)) = (&result, peer)
+        if let Err(Error::Auth(e)) = &result
             && e.suggests_guessing()
-            && let Ok(mut f) = self.inner.by_addr.lock()
         {
-            f.fail(ip);
+            self.failed(peer);
         }
         let mut ctx = result?;
         self.check_principal_behind_token(&mut ctx).await?;
@@ -435,14 +380,7 @@ impl Authenticator {
 
     async fn api_key(&self, text: &str, peer: Option<IpAddr>) -> Result<TenantContext> {
         let (id, secret) = parse_api_key(text)?;
-        let id_owned = id.to_owned();
-        if let Some(wait) = self
-            .inner
-            .by_key
-            .lock()
-            .ok()
-            .and_then(|mut f| f.blocked(&id_owned))
-        {
+        if let Some(wait) = self.inner.brute_force.by_key.blocked(id) {
             return Err(Error::Auth(honeycell_auth::Error::TooManyFailures {
                 retry_after_secs: wait,
             }));
@@ -453,9 +391,7 @@ impl Authenticator {
             .ok_or(honeycell_auth::Error::BadApiKey)?;
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         if !bool::from(presented.ct_eq(&key.secret_sha256)) {
-            if let Ok(mut f) = self.inner.by_key.lock() {
-                f.fail(id_owned);
-            }
+            self.inner.brute_force.by_key.spend(id.to_owned());
             self.inner.audit.record(AuditDraft {
                 org: key.org.clone(),
                 at_us: honeycell_types::now_us(),

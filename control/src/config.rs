@@ -49,8 +49,8 @@ pub struct ControlConfig {
     /// How often each cell writes API keys' last-use times (in one batch).
     pub last_used_flush: String,
     /// Failed authentications allowed per source address, and per API key
-    /// id, in `brute_force_window` (per cell); then 429 until the window
-    /// refills.
+    /// id, in `brute_force_window` (one budget per process, whichever cell
+    /// the attempts land on); then 429 until the window refills.
     pub brute_force_max_failures: u32,
     pub brute_force_window: String,
     /// Lifetime of access tokens issued by `/auth/token` and `/auth/refresh`.

@@ -13,6 +13,8 @@
 //! and no pool or connection is shared between cells. The embedded store is
 //! one file (redb allows one open handle per file), shared by reference;
 //! its transactions run on the blocking pool, never on a cell's thread.
+//! The attempt budgets (failed authentications, sign-in starts;
+//! `budget.rs`) are shared by all cells on purpose: one budget per process.
 //!
 //! Nothing here is on the per-request hot path: callers cache what they need
 //! (API keys, signing keys) and write audit entries in the background.
@@ -20,6 +22,7 @@
 mod audit;
 mod audit_sink;
 mod authn;
+mod budget;
 mod config;
 mod embedded;
 mod error;
@@ -34,6 +37,7 @@ pub use audit_sink::AuditSink;
 pub use authn::{
     API_KEY_PREFIX, Authenticator, BruteForce, NewApiKey, generate_api_key, parse_api_key,
 };
+pub use budget::{BruteForceBudgets, Budgets};
 pub use config::{ControlConfig, StoreKind, StoreOpener, TierConfig, Tiers};
 pub use embedded::EmbeddedStore;
 pub use error::{Error, Result};

@@ -44,7 +44,7 @@ use openidconnect::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::authn::{BruteForce, Failures};
+use crate::budget::Budgets;
 use crate::error::{Error, Result};
 use crate::model::{AuditDraft, OAuthLogin, User};
 use crate::{AuditSink, Store, TokenPair, TokenService};
@@ -70,8 +70,9 @@ pub struct OAuthConfig {
     /// Set the `Secure` attribute on the login cookie (on by default; turn
     /// off only for plain-HTTP development).
     pub secure_cookie: bool,
-    /// Sign-ins one source address may start per minute (per cell); each
-    /// start stores a login until it is finished or expires.
+    /// Sign-ins one source address may start per minute (one budget per
+    /// process, whichever cell the requests land on); each start stores a
+    /// login until it is finished or expires.
     pub max_starts_per_minute: u32,
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -157,6 +158,13 @@ impl OAuthConfig {
             Provider::new(self, name, p)?;
         }
         Ok(())
+    }
+
+    /// The process's budgets of sign-in starts per address
+    /// (`max_starts_per_minute`): make them once and give every cell's
+    /// [`OAuth`] the same.
+    pub fn start_budgets(&self) -> Budgets<IpAddr> {
+        Budgets::new(self.max_starts_per_minute, Duration::from_secs(60))
     }
 
     pub fn login_timeout(&self) -> Result<Duration> {
@@ -398,8 +406,9 @@ struct Inner {
     audit: AuditSink,
     login_ttl: Duration,
     secure_cookie: bool,
-    /// Sign-ins started per source address (a token bucket each).
-    starts: Mutex<Failures<IpAddr>>,
+    /// Sign-ins started per source address (a token bucket each), shared
+    /// by every cell's `OAuth`.
+    starts: Arc<Budgets<IpAddr>>,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -431,11 +440,14 @@ fn random_token() -> String {
 }
 
 impl OAuth {
+    /// `starts`: the process's budgets of sign-in starts, made once by
+    /// [`OAuthConfig::start_budgets`] and shared by every cell.
     pub fn new(
         config: &OAuthConfig,
         store: Store,
         tokens: TokenService,
         audit: AuditSink,
+        starts: Arc<Budgets<IpAddr>>,
     ) -> Result<OAuth> {
         let mut providers = BTreeMap::new();
         for (name, p) in &config.providers {
@@ -458,10 +470,7 @@ impl OAuth {
                 audit,
                 login_ttl: config.login_timeout()?,
                 secure_cookie: config.secure_cookie,
-                starts: Mutex::new(Failures::new(BruteForce {
-                    max_failures: config.max_starts_per_minute,
-                    window: Duration::from_secs(60),
-                })),
+                starts,
             }),
         })
     }
@@ -544,18 +553,15 @@ impl OAuth {
     ) -> Result<Started> {
         let p = self.provider(provider)?;
         if let Some(ip) = peer
-            && let Ok(mut starts) = self.inner.starts.lock()
+            && let Err(wait) = self.inner.starts.take(ip)
         {
-            if let Some(wait) = starts.blocked(&ip) {
-                return Err(refused(
-                    ErrorClass::Overloaded {
-                        retry_after: Duration::from_secs(wait),
-                    },
-                    "too_many_sign_ins",
-                    "too many sign-ins started from this address; try again later",
-                ));
-            }
-            starts.fail(ip);
+            return Err(refused(
+                ErrorClass::Overloaded {
+                    retry_after: Duration::from_secs(wait),
+                },
+                "too_many_sign_ins",
+                "too many sign-ins started from this address; try again later",
+            ));
         }
         let state = random_token();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();

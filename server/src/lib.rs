@@ -101,7 +101,13 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     tracing::info!(backend = opener.backend(), "control plane store ready");
     let key_ttl = config.control.api_key_cache_ttl()?;
     let flush_every = config.control.last_used_flush()?;
-    let brute_force = config.control.brute_force()?;
+    // One budget per process for failed authentications and sign-in
+    // starts, whichever cell a connection lands on: made here, shared by
+    // every cell (see control/src/budget.rs for why not per cell).
+    let brute_force = Arc::new(honeycell_control::BruteForceBudgets::new(
+        config.control.brute_force()?,
+    ));
+    let oauth_starts = Arc::new(config.oauth.start_budgets());
     let (access_ttl, refresh_ttl) = config.control.token_ttls()?;
     let key_reload = config.control.signing_key_reload()?;
     let tiers = Arc::new(config.control.tiers());
@@ -184,6 +190,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let tls = cell_tls.clone();
         let connections_config = connections_config.clone();
         let oauth_config = oauth_config.clone();
+        let oauth_starts = oauth_starts.clone();
+        let brute_force = brute_force.clone();
         let redis_config = redis_config.clone();
         let data_dir = data_dir.clone();
         let open = async move {
@@ -216,6 +224,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                         control.clone(),
                         tokens.clone(),
                         audit.clone(),
+                        oauth_starts,
                     )
                     .context("cannot set up OAuth sign-in")?,
                 )

@@ -855,6 +855,19 @@ impl TestServer {
         resp.text().await.expect("metrics text")
     }
 
+    /// How many `route` requests answered `status` each cell counted
+    /// (index = cell), from `/metrics`: which cells connections landed on.
+    pub async fn requests_per_cell(&self, route: &str, status: u16) -> Vec<u64> {
+        let m = self.metrics().await;
+        let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
+        (0..self.ports.cells)
+            .map(|cell| {
+                let cell = format!("cell=\"{cell}\"");
+                metric_sum(&m, "honeycell_requests_total", &[&cell, &route, &status]) as u64
+            })
+            .collect()
+    }
+
     // ---- Flight ----
 
     /// `org`'s audit entries (newest first, at most 100; of `action` only

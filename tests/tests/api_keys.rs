@@ -397,9 +397,12 @@ async fn last_use_is_batched_secrets_are_hashed_and_changes_are_audited() {
 
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address
 /// reaches the server's 127.0.0.1 listener on Linux).
+/// A client from `ip` that opens a fresh connection for every request, so
+/// that its requests land on every cell (SO_REUSEPORT hashes the ports).
 fn client_from(ip: [u8; 4]) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(std::net::IpAddr::from(ip))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client")
 }
@@ -410,11 +413,15 @@ const AUDIT: &str = "query($action: String, $before: Int, $first: Int) {
   }
 }";
 
+/// Failures allowed per address and per key in the brute-force test: one
+/// budget for the whole server, whatever cell each connection lands on.
+const BUDGET: usize = 12;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_authentication_is_rate_limited_per_address_and_key_and_audited() {
+async fn failed_authentication_is_rate_limited_per_address_and_key_across_cells_and_audited() {
     let server = TestServer::builder()
-        .cells(1)
-        .env("HONEYCELL_CONTROL__BRUTE_FORCE_MAX_FAILURES", 5)
+        .cells(4)
+        .env("HONEYCELL_CONTROL__BRUTE_FORCE_MAX_FAILURES", BUDGET)
         .env("HONEYCELL_CONTROL__BRUTE_FORCE_WINDOW", "1m")
         .start()
         .await;
@@ -436,14 +443,22 @@ async fn failed_authentication_is_rate_limited_per_address_and_key_and_audited()
             (status, retry, body)
         }
     };
+    // Every attempt on a new connection: they spread over the four cells,
+    // which together allow BUDGET failures, not four times as many.
     let attacker = client_from([127, 0, 0, 1]);
-    for _ in 0..5 {
+    for _ in 0..BUDGET {
         let (status, _, body) = get(attacker.clone(), wrong.clone()).await;
         assert_eq!(
             (status, body["error"]["code"].clone()),
             (401, json!("bad_api_key"))
         );
     }
+    let landed = server.requests_per_cell("GET /v1/events", 401).await;
+    assert_eq!(landed.iter().sum::<u64>(), BUDGET as u64, "{landed:?}");
+    assert!(
+        landed.iter().filter(|&&n| n > 0).count() >= 2,
+        "the failures landed on one cell only: {landed:?}"
+    );
     // The address has used its failures: even valid credentials wait.
     let (status, retry, body) = get(attacker.clone(), key.clone()).await;
     assert_eq!(status, 429, "{body}");
@@ -455,13 +470,21 @@ async fn failed_authentication_is_rate_limited_per_address_and_key_and_audited()
         .parse()
         .unwrap();
     assert!((1..=60).contains(&secs), "{secs}");
-    let (status, _, _) = get(attacker.clone(), admin.clone()).await;
-    assert_eq!(status, 429, "per address, whatever the credential");
+    // On whichever cell: eight more connections, all refused.
+    for _ in 0..8 {
+        let (status, _, _) = get(attacker.clone(), admin.clone()).await;
+        assert_eq!(status, 429, "per address, whatever the credential");
+    }
+    let refused = server.requests_per_cell("GET /v1/events", 429).await;
+    assert_eq!(refused.iter().sum::<u64>(), 9, "{refused:?}");
 
-    // From another address: the key itself is locked, JWTs work.
+    // From another address: the key itself is locked, on every cell; JWTs
+    // work.
     let other = client_from([127, 0, 0, 2]);
-    let (status, _, body) = get(other.clone(), key.clone()).await;
-    assert_eq!(status, 429, "per key id: {body}");
+    for _ in 0..8 {
+        let (status, _, body) = get(other.clone(), key.clone()).await;
+        assert_eq!(status, 429, "per key id: {body}");
+    }
     let (status, _, _) = get(other.clone(), admin.clone()).await;
     assert_eq!(status, 200);
 
@@ -488,8 +511,8 @@ async fn failed_authentication_is_rate_limited_per_address_and_key_and_audited()
             .as_array()
             .expect("entries")
             .clone();
-        if entries.len() >= 5 || Instant::now() > deadline {
-            assert_eq!(entries.len(), 5, "{body}");
+        if entries.len() >= BUDGET || Instant::now() > deadline {
+            assert_eq!(entries.len(), BUDGET, "{body}");
             break entries;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

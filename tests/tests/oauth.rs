@@ -429,34 +429,55 @@ async fn github_sign_in_uses_the_verified_primary_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sign_in_starts_are_limited_per_address() {
+async fn sign_in_starts_are_limited_per_address_across_cells() {
+    const STARTS: usize = 12;
     let idp = TestProvider::start().await;
-    // One cell, so that every start meets the same bucket.
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let server = TestServer::builder()
-        .cells(1)
+        .cells(4)
         .http_port(port)
         .toml(&format!(
-            "[oauth]\npublic_url = \"{base}\"\nmax_starts_per_minute = 3\n{}",
+            "[oauth]\npublic_url = \"{base}\"\nmax_starts_per_minute = {STARTS}\n{}",
             idp.provider_toml("corp", "oidc", "")
         ))
         .start()
         .await;
+    // A fresh connection for every start: they land on all the cells,
+    // which together allow STARTS, not four times as many.
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client");
     let start = format!("{base}/auth/oauth/corp/start");
-    for i in 0..3 {
+    for i in 0..STARTS {
         let r = browser.get(&start).send().await.expect("GET start");
         assert_eq!(r.status(), 302, "start {i}");
     }
-    let r = browser.get(&start).send().await.expect("GET start");
-    assert_eq!(r.status(), 429);
-    assert!(r.headers().contains_key("retry-after"));
-    let body: Value = r.json().await.expect("JSON");
-    assert_eq!(code(&body), "too_many_sign_ins", "{body}");
+    let route = "GET /auth/oauth/{provider}/start";
+    let landed = server.requests_per_cell(route, 302).await;
+    assert!(
+        landed.iter().filter(|&&n| n > 0).count() >= 2,
+        "the starts landed on one cell only: {landed:?}"
+    );
+    for _ in 0..8 {
+        let r = browser.get(&start).send().await.expect("GET start");
+        assert_eq!(r.status(), 429);
+        let wait: u64 = r
+            .headers()
+            .get("retry-after")
+            .expect("Retry-After")
+            .to_str()
+            .expect("ASCII")
+            .parse()
+            .expect("seconds");
+        assert!((1..=60).contains(&wait), "{wait}");
+        let body: Value = r.json().await.expect("JSON");
+        assert_eq!(code(&body), "too_many_sign_ins", "{body}");
+    }
+    let refused = server.requests_per_cell(route, 429).await;
+    assert_eq!(refused.iter().sum::<u64>(), 8, "{refused:?}");
     drop(server);
 }
 
