@@ -8,6 +8,7 @@
 //! Flight).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -76,6 +77,22 @@ impl EventFilter {
 
     fn is_empty(&self) -> bool {
         *self == EventFilter::default()
+    }
+
+    /// Whether some `occurred_at` in `[min, max]` may match the time bounds.
+    fn time_overlaps(&self, min_us: i64, max_us: i64) -> bool {
+        self.since_us.is_none_or(|s| s <= max_us) && self.until_us.is_none_or(|u| min_us < u)
+    }
+
+    /// Whether every `occurred_at` in `[min, max]` matches the time bounds.
+    fn time_covers(&self, min_us: i64, max_us: i64) -> bool {
+        self.since_us.is_none_or(|s| s <= min_us) && self.until_us.is_none_or(|u| max_us < u)
+    }
+
+    /// Whether a summary entry's types match.
+    fn types_match(&self, entity_type: &str, event_type: &str) -> bool {
+        self.entity_type.as_deref().is_none_or(|t| t == entity_type)
+            && self.event_type.is_none_or(|t| t.as_str() == event_type)
     }
 
     /// The rows of `batch` that match, as a boolean mask (None: all rows).
@@ -176,6 +193,12 @@ pub struct Scan {
     filter: EventFilter,
     after: Option<u64>,
     next_chunk: usize,
+    /// Offset ranges of segments not to read (in order): outside the
+    /// filter's time range, or answered otherwise (`counts`).
+    skip: Vec<Range<u64>>,
+    next_skip: usize,
+    /// Rows of the chunks looked at so far, matching or not.
+    read_rows: u64,
 }
 
 impl Scan {
@@ -188,12 +211,44 @@ impl Scan {
             }),
             None => 0,
         };
+        // Segments wholly outside the time range are skipped unread.
+        let skip = snapshot
+            .segments()
+            .iter()
+            .filter(|s| !filter.time_overlaps(s.min_occurred_at_us, s.max_occurred_at_us))
+            .map(|s| s.first..s.end)
+            .collect();
         Self {
             snapshot: snapshot.clone(),
             filter: filter.clone(),
             after,
             next_chunk,
+            skip,
+            next_skip: 0,
+            read_rows: 0,
         }
+    }
+
+    /// Also skips the segments holding offsets in `ranges`.
+    fn excluding(mut self, ranges: impl IntoIterator<Item = Range<u64>>) -> Self {
+        self.skip.extend(ranges);
+        self.skip.sort_by_key(|r| r.start);
+        self
+    }
+
+    /// Whether the chunk starting at `first_offset` lies in a skipped
+    /// segment (a segment's chunks are wholly inside it).
+    fn skipped(&mut self, first_offset: u64) -> bool {
+        while self
+            .skip
+            .get(self.next_skip)
+            .is_some_and(|r| r.end <= first_offset)
+        {
+            self.next_skip += 1;
+        }
+        self.skip
+            .get(self.next_skip)
+            .is_some_and(|r| r.contains(&first_offset))
     }
 
     /// The matching row indices of one chunk past the cursor, and whether
@@ -248,6 +303,10 @@ impl Iterator for Scan {
             let snapshot = self.snapshot.clone();
             let chunk = snapshot.chunks().get(self.next_chunk)?;
             self.next_chunk += 1;
+            if self.skipped(chunk.first_offset) {
+                continue;
+            }
+            self.read_rows += chunk.batch.num_rows() as u64;
             let (idx, whole) = match self.matching(chunk) {
                 Ok(Some(v)) => v,
                 Ok(None) => continue,
@@ -353,12 +412,25 @@ pub struct Count {
 }
 
 /// Counts matching events by key and time bucket, ordered by bucket then key.
+/// Sealed segments the filter covers wholly are counted from their
+/// summaries (when the summary's buckets nest in `bucket` and the filter
+/// names no entity); the rest is scanned.
 pub fn counts(
     snapshot: &OrgSnapshot,
     filter: &EventFilter,
     group_by: GroupBy,
     bucket: Bucket,
 ) -> Result<Vec<Count>> {
+    counts_scanning(snapshot, filter, group_by, bucket).map(|(counts, _)| counts)
+}
+
+/// [`counts`], and how many rows it read (matching or not).
+fn counts_scanning(
+    snapshot: &OrgSnapshot,
+    filter: &EventFilter,
+    group_by: GroupBy,
+    bucket: Bucket,
+) -> Result<(Vec<Count>, u64)> {
     let column = match group_by {
         GroupBy::EntityType => col::ENTITY_TYPE,
         GroupBy::EventType => col::EVENT_TYPE,
@@ -366,7 +438,32 @@ pub fn counts(
     let width = bucket.micros();
     let mut acc: BTreeMap<(i64, Arc<str>), u64> = BTreeMap::new();
     let mut keys: std::collections::HashMap<String, Arc<str>> = Default::default();
-    for item in Scan::new(snapshot, filter, None) {
+    let mut summarised = Vec::new();
+    for seg in snapshot.segments() {
+        let Some(summary) = &seg.summary else {
+            continue;
+        };
+        if filter.entity_id.is_some()
+            || width % summary.bucket_us != 0
+            || !filter.time_covers(seg.min_occurred_at_us, seg.max_occurred_at_us)
+        {
+            continue;
+        }
+        for r in &summary.rows {
+            if !filter.types_match(&r.entity_type, &r.event_type) {
+                continue;
+            }
+            let key = match group_by {
+                GroupBy::EntityType => &r.entity_type,
+                GroupBy::EventType => &r.event_type,
+            };
+            let start = r.bucket_start_us.div_euclid(width) * width;
+            *acc.entry((start, key.clone())).or_default() += r.count;
+        }
+        summarised.push(seg.first..seg.end);
+    }
+    let mut scan = Scan::new(snapshot, filter, None).excluding(summarised);
+    for item in scan.by_ref() {
         let batch = item?.batch;
         let key_col = batch.column(column).as_string::<i32>();
         let ts = batch
@@ -386,19 +483,152 @@ pub fn counts(
             *acc.entry((start, key)).or_default() += 1;
         }
     }
-    Ok(acc
+    let counts = acc
         .into_iter()
         .map(|((start, key), count)| Count {
             key: key.to_string(),
             bucket_start_us: start,
             count,
         })
-        .collect())
+        .collect();
+    Ok((counts, scan.read_rows))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use honeycell_storage::{NewEvent, StorageConfig, Store, build_batch};
+    use honeycell_types::OrgId;
+
+    const T0: i64 = 1_700_000_000_000_000;
+    const MINUTE: i64 = 60_000_000;
+
+    /// `n` events, one a minute from `start`, alternating two entity types
+    /// and two event types.
+    fn events(n: usize, start: i64) -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent {
+                event_id: None,
+                event_type: if i % 3 == 0 { "UPDATE" } else { "INSERT" }.into(),
+                entity_type: if i % 2 == 0 { "order" } else { "user" }.into(),
+                entity_id: format!("e-{}", i % 5),
+                occurred_at_us: Some(start + i as i64 * MINUTE),
+                data: None,
+                changes: None,
+                user_id: None,
+                trace_id: None,
+            })
+            .collect()
+    }
+
+    /// Counts by reading every row, the way `counts` did before summaries.
+    fn by_scanning(s: &OrgSnapshot, f: &EventFilter, g: GroupBy, b: Bucket) -> Vec<Count> {
+        let mut acc: BTreeMap<(i64, String), u64> = BTreeMap::new();
+        for item in Scan::new(s, f, None) {
+            let batch = item.expect("scan").batch;
+            let column = match g {
+                GroupBy::EntityType => col::ENTITY_TYPE,
+                GroupBy::EventType => col::EVENT_TYPE,
+            };
+            let keys = batch.column(column).as_string::<i32>();
+            let ts = batch
+                .column(col::OCCURRED_AT)
+                .as_primitive::<TimestampMicrosecondType>();
+            for i in 0..batch.num_rows() {
+                let start = ts.value(i).div_euclid(b.micros()) * b.micros();
+                *acc.entry((start, keys.value(i).to_owned())).or_default() += 1;
+            }
+        }
+        acc.into_iter()
+            .map(|((bucket_start_us, key), count)| Count {
+                key,
+                bucket_start_us,
+                count,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn counts_come_from_summaries_of_covered_segments_and_scans_of_the_rest() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = StorageConfig {
+            // Keep the two segments apart.
+            compact_below_rows: 1,
+            ..StorageConfig::default()
+        };
+        let store = Store::open(dir.path(), config, "io".into()).expect("store");
+        let org = OrgId::new("acme").expect("org");
+        let log = store.org(&org).await.expect("log");
+        // Two sealed segments of 500 minutes each, then a tail of 100.
+        for part in 0..2 {
+            let batch =
+                build_batch(&org, &events(500, T0 + part * 500 * MINUTE), T0).expect("batch");
+            log.append(batch).await.expect("append");
+            log.maintain(T0, true).await.expect("seal");
+        }
+        let tail = build_batch(&org, &events(100, T0 + 1_000 * MINUTE), T0).expect("batch");
+        log.append(tail).await.expect("append");
+        let s = log.snapshot();
+        assert_eq!(s.segments().len(), 2);
+        assert!(s.segments().iter().all(|seg| seg.summary.is_some()));
+
+        let all = EventFilter::default();
+        let (c, read) =
+            counts_scanning(&s, &all, GroupBy::EntityType, Bucket::Hour).expect("counts");
+        assert_eq!(c, by_scanning(&s, &all, GroupBy::EntityType, Bucket::Hour));
+        assert_eq!(read, 100, "only the unsealed tail is read");
+        let (c, read) =
+            counts_scanning(&s, &all, GroupBy::EventType, Bucket::Minute).expect("counts");
+        assert_eq!(c, by_scanning(&s, &all, GroupBy::EventType, Bucket::Minute));
+        assert_eq!(read, 100);
+
+        // A type filter is answered from the summaries too.
+        let typed = EventFilter {
+            entity_type: Some("user".into()),
+            event_type: Some(EventType::Update),
+            ..Default::default()
+        };
+        let (c, read) =
+            counts_scanning(&s, &typed, GroupBy::EventType, Bucket::Day).expect("counts");
+        assert_eq!(c, by_scanning(&s, &typed, GroupBy::EventType, Bucket::Day));
+        assert_eq!(read, 100);
+
+        // A time range covering the second segment only: the first is
+        // skipped unread, the second summarised; one cutting the first
+        // segment makes it scanned.
+        let second = EventFilter {
+            since_us: Some(T0 + 500 * MINUTE),
+            until_us: Some(T0 + 1_000 * MINUTE),
+            ..Default::default()
+        };
+        let (c, read) =
+            counts_scanning(&s, &second, GroupBy::EntityType, Bucket::Hour).expect("counts");
+        assert_eq!(
+            c,
+            by_scanning(&s, &second, GroupBy::EntityType, Bucket::Hour)
+        );
+        assert_eq!(c.iter().map(|c| c.count).sum::<u64>(), 500);
+        assert_eq!(read, 100, "the tail, which has no summary");
+        let cut = EventFilter {
+            since_us: Some(T0 + 250 * MINUTE),
+            ..Default::default()
+        };
+        let (c, read) =
+            counts_scanning(&s, &cut, GroupBy::EntityType, Bucket::Hour).expect("counts");
+        assert_eq!(c, by_scanning(&s, &cut, GroupBy::EntityType, Bucket::Hour));
+        assert_eq!(read, 600);
+
+        // An entity filter cannot use summaries.
+        let one = EventFilter {
+            entity_id: Some("e-3".into()),
+            ..Default::default()
+        };
+        let (c, read) =
+            counts_scanning(&s, &one, GroupBy::EntityType, Bucket::Hour).expect("counts");
+        assert_eq!(c, by_scanning(&s, &one, GroupBy::EntityType, Bucket::Hour));
+        assert_eq!(read, 1_100);
+        store.shutdown().await.expect("shutdown");
+    }
 
     fn cursor_of(text: &str) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)

@@ -45,6 +45,7 @@ mod ipc;
 mod rules;
 mod segment;
 mod store;
+mod summary;
 mod wal;
 
 #[cfg(test)]
@@ -71,6 +72,7 @@ pub use event::{
     EventType, InvalidEventType, NewEvent, build_batch, col, event_schema, normalize_batch,
 };
 pub use store::{AppendAck, MaintenanceReport, OrgLog, OrgSnapshot, Store};
+pub use summary::{MAX_SUMMARY_ROWS, SegmentStats, Summary, SummaryRow};
 
 /// A run of consecutive events starting at `first_offset`. Chunks of sealed
 /// segments are zero-copy views of the segment's mapping.

@@ -12,8 +12,6 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
 use arrow_buffer::Buffer;
 use arrow_ipc::convert::fb_to_schema;
 use arrow_ipc::reader::{FileDecoder, read_footer_length};
@@ -23,7 +21,8 @@ use memmap2::Mmap;
 
 use crate::Chunk;
 use crate::error::{Error, Result};
-use crate::event::{col, event_schema};
+use crate::event::event_schema;
+use crate::summary::{self, FOOTER_KEY, SegmentStats, Summary};
 
 /// Rows per record batch inside a segment file: large enough for vectorised
 /// scans, small enough that a reader can skip by batch.
@@ -49,6 +48,10 @@ pub(crate) struct Segment {
     pub file_bytes: u64,
     /// Newest `occurred_at` in the segment; retention compares it.
     pub max_occurred_at_us: i64,
+    /// Oldest `occurred_at` in the segment.
+    pub min_occurred_at_us: i64,
+    /// Counts by time bucket and type (`summary.rs`), from the footer.
+    pub summary: Option<Arc<Summary>>,
     pub chunks: Vec<Chunk>,
     #[cfg_attr(not(test), allow(dead_code))]
     pub mmap: Arc<Mmap>,
@@ -58,10 +61,21 @@ impl Segment {
     pub fn rows(&self) -> u64 {
         self.end - self.first
     }
+
+    pub fn stats(&self) -> SegmentStats {
+        SegmentStats {
+            first: self.first,
+            end: self.end,
+            min_occurred_at_us: self.min_occurred_at_us,
+            max_occurred_at_us: self.max_occurred_at_us,
+            summary: self.summary.clone(),
+        }
+    }
 }
 
 /// Write rows `[first, end)` (the given batches, in order) as a segment in
-/// `dir`, crash-safely. Returns the final path. The caller fsyncs `dir`
+/// `dir`, crash-safely, with their summary in the footer. Returns the final
+/// path. The caller fsyncs `dir`
 /// (once for several segments).
 pub(crate) fn write_segment(
     dir: &Path,
@@ -80,6 +94,9 @@ pub(crate) fn write_segment(
     let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let schema = event_schema();
     let mut writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
+    if let Some(summary) = summary::summarise(batches) {
+        writer.write_metadata(FOOTER_KEY, summary.encode());
+    }
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_rows = 0;
     for batch in batches {
@@ -184,7 +201,6 @@ pub(crate) fn load_segment(path: &Path, first: u64, end: u64) -> Result<Segment>
     }
     let mut chunks = Vec::new();
     let mut offset = first;
-    let mut max_occurred_at_us = i64::MIN;
     for block in footer.recordBatches().into_iter().flatten() {
         let start = u64::try_from(block.offset()).ok();
         let block_len = u64::try_from(block.metaDataLength())
@@ -213,13 +229,6 @@ pub(crate) fn load_segment(path: &Path, first: u64, end: u64) -> Result<Segment>
         if batch.num_rows() == 0 {
             continue;
         }
-        if let Some(ts) = batch
-            .column(col::OCCURRED_AT)
-            .as_primitive_opt::<TimestampMicrosecondType>()
-        {
-            max_occurred_at_us =
-                max_occurred_at_us.max(ts.values().iter().copied().max().unwrap_or(i64::MIN));
-        }
         let rows = batch.num_rows() as u64;
         chunks.push(Chunk {
             first_offset: offset,
@@ -237,12 +246,28 @@ pub(crate) fn load_segment(path: &Path, first: u64, end: u64) -> Result<Segment>
             ),
         ));
     }
+    let batches: Vec<RecordBatch> = chunks.iter().map(|c| c.batch.clone()).collect();
+    let (min_occurred_at_us, max_occurred_at_us) =
+        summary::time_range(&batches).unwrap_or((i64::MAX, i64::MIN));
+    // Written by `write_segment`; computed for segments written before
+    // summaries existed (or whose summary does not add up).
+    let stored = footer.custom_metadata().and_then(|kvs| {
+        kvs.iter()
+            .find(|kv| kv.key() == Some(FOOTER_KEY))
+            .and_then(|kv| kv.value())
+            .and_then(|v| Summary::decode(v, end - first))
+    });
+    let summary = stored
+        .or_else(|| summary::summarise(&batches))
+        .map(Arc::new);
     Ok(Segment {
         first,
         end,
         path: path.to_owned(),
         file_bytes,
         max_occurred_at_us,
+        min_occurred_at_us,
+        summary,
         chunks,
         mmap,
     })

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::event::check_stored_schema;
 use crate::io::{DropOutcome, IoCounters, IoThread, OrgShared, Request};
 use crate::segment::Segment;
+use crate::summary::SegmentStats;
 use crate::{Chunk, wal};
 
 /// What an append wrote.
@@ -423,6 +424,7 @@ impl OrgLog {
             .collect();
         let snapshot = OrgSnapshot {
             chunks,
+            segments: st.segments.iter().map(Segment::stats).collect(),
             first_offset: st.first_offset(),
             end_offset: st.visible_end,
         };
@@ -657,6 +659,9 @@ fn expired_prefix(segments: &[Segment], config: &StorageConfig, now_us: i64) -> 
 #[derive(Clone, Debug)]
 pub struct OrgSnapshot {
     chunks: Arc<[Chunk]>,
+    /// The sealed segments among `chunks`, in order (the unsealed tail
+    /// follows the last).
+    segments: Arc<[SegmentStats]>,
     first_offset: u64,
     end_offset: u64,
 }
@@ -665,6 +670,12 @@ impl OrgSnapshot {
     /// Batches in offset order, contiguous from `first_offset` to `end_offset`.
     pub fn chunks(&self) -> &[Chunk] {
         &self.chunks
+    }
+
+    /// The sealed segments' offsets, time ranges and summaries, in offset
+    /// order; their rows are the first chunks.
+    pub fn segments(&self) -> &[SegmentStats] {
+        &self.segments
     }
 
     pub fn first_offset(&self) -> u64 {

@@ -317,6 +317,64 @@ async fn seal_then_reopen_reads_segments_zero_copy() {
     store.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn sealed_segments_carry_their_summary_in_the_footer() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = org("acme");
+    let store = open(dir.path(), StorageConfig::default());
+    let log = store.org(&o).await.unwrap();
+    log.append(build_batch(&o, &events(3, "a", Some(NOW)), NOW).unwrap())
+        .await
+        .unwrap();
+    log.append(build_batch(&o, &events(2, "b", Some(NOW + HOUR_US)), NOW).unwrap())
+        .await
+        .unwrap();
+    log.maintain(NOW, true).await.unwrap();
+    log.append(batch(&o, 1, "tail")).await.unwrap();
+    let snapshot = log.snapshot();
+    let [seg] = snapshot.segments() else {
+        panic!("one segment: {:?}", snapshot.segments());
+    };
+    assert_eq!((seg.first, seg.end), (0, 5));
+    assert_eq!(
+        (seg.min_occurred_at_us, seg.max_occurred_at_us),
+        (NOW, NOW + HOUR_US)
+    );
+    let summary = seg.summary.clone().expect("a summary");
+    let minute = |t: i64| t.div_euclid(60_000_000) * 60_000_000;
+    let rows: Vec<_> = summary
+        .rows
+        .iter()
+        .map(|r| (r.bucket_start_us, &*r.entity_type, &*r.event_type, r.count))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (minute(NOW), "order", "INSERT", 3),
+            (minute(NOW + HOUR_US), "order", "INSERT", 2)
+        ]
+    );
+    // It is in the file's footer, and read back from there.
+    let path = dir
+        .path()
+        .join("orgs/acme/segments")
+        .join(segment_file_name(0, 5));
+    let reader =
+        arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&path).unwrap(), None).unwrap();
+    assert!(
+        reader
+            .custom_metadata()
+            .contains_key(crate::summary::FOOTER_KEY)
+    );
+    store.shutdown().await.unwrap();
+    drop(log);
+    let store = open(dir.path(), StorageConfig::default());
+    let log = store.org(&o).await.unwrap();
+    let again = log.snapshot();
+    assert_eq!(again.segments()[0].summary.as_deref(), Some(&*summary));
+    store.shutdown().await.unwrap();
+}
+
 /// Every buffer of every sealed chunk points into its segment's mapping.
 fn assert_zero_copy(log: &OrgLog) {
     let st = log.inner_state_for_tests();
