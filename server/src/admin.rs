@@ -181,7 +181,7 @@ fn lock_offline(data_dir: &Path) -> anyhow::Result<crate::lock::DataDirLock> {
         .with_context(|| format!("data_dir: cannot create {}", data_dir.display()))?;
     crate::lock::DataDirLock::acquire(data_dir).map_err(|e| match e {
         crate::lock::LockError::InUse { .. } => anyhow::Error::new(e).context(format!(
-            "no server answered on {}, yet the data dir is locked (a server starting or stopping, or another admin command): try again",
+            "no server answered on {}, yet the data dir is locked: by a server starting or stopping (try again), one without an admin socket (its log says why; stop it first), or another admin command",
             data_dir.join(crate::admin_socket::SOCKET_FILE).display()
         )),
         e => e.into(),

@@ -6,6 +6,7 @@
 //! 5 s; each change is in the audit log with the local user as its actor.
 //! With the server stopped — cleanly, or by kill -9, which leaves the
 //! socket file behind — the same commands open the store file themselves.
+//! On PostgreSQL the socket serves the same commands.
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::process::Output;
@@ -243,6 +244,79 @@ async fn admin_commands_reach_the_running_server_and_are_audited() {
     );
     let out = ok(&server, &["audit", "verify", "--org", "acme"]);
     assert!(!out.contains("_system"), "{out}");
+
+    // What is not a command gets a refusal, not a crash or a hang.
+    for (request, refusal) in [
+        (b"{\"command\":\"rm_rf\"}\n".to_vec(), "not a command"),
+        (vec![b'x'; 70 * 1024], "at most"),
+        (b"{\"command\":\"keys_list\"}".to_vec(), "newline"),
+    ] {
+        let answer = raw_request(&socket, &request);
+        assert!(
+            answer.starts_with("{\"failed\":") && answer.contains(refusal),
+            "{answer}"
+        );
+    }
+    ok(&server, &["keys", "list"]);
+}
+
+/// Writes `request` to the admin socket (then closes the writing half) and
+/// reads the answer.
+fn raw_request(socket: &std::path::Path, request: &[u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // A refusal may come before the whole request is read.
+    let _ = stream.write_all(request);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_socket_serves_the_same_commands() {
+    let pg = TestPostgres::start();
+    let url = pg.database("hc");
+    let server = TestServer::builder()
+        .cells(2)
+        .toml(TIERS)
+        .postgres(&url)
+        .start()
+        .await;
+    let key = api_key(&server, "acme").await;
+    let old_kid = header_kid(&login(&server, &key).await);
+    let out = ok(&server, &["keys", "rotate"]);
+    assert!(
+        out.contains("this server signs with it from now on"),
+        "{out}"
+    );
+    let new_kid = rotated_kid(&out);
+    assert_ne!(new_kid, old_kid);
+    let access = login(&server, &key).await;
+    assert_eq!(header_kid(&access), new_kid);
+    for cell in 0..2 {
+        verifies_on(&server, cell, &access).await;
+    }
+    ok(&server, &["orgs", "set-tier", "acme", "tiny"]);
+    until_quota_refuses(&server, "acme").await;
+    let entries = server
+        .audit_until("_system", Some("signing_key.rotate"), |e| !e.is_empty())
+        .await;
+    assert!(
+        entries[0]["actor"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("admin-socket:"),
+        "{entries:?}"
+    );
+    let out = ok(&server, &["audit", "verify"]);
+    assert!(
+        out.contains("_system: 1 entries, hash chain intact"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
