@@ -120,6 +120,16 @@ pub fn honeycell_bin() -> PathBuf {
     .clone()
 }
 
+/// The decoded header of a JWT (`alg`, `kid`, …).
+pub fn jwt_header(token: &str) -> Value {
+    use base64::Engine as _;
+    let h = token.split('.').next().expect("header");
+    let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h)
+        .expect("base64url");
+    serde_json::from_slice(&h).expect("JSON header")
+}
+
 /// A `Command` for the binary with no `HONEYCELL_*` variable inherited from
 /// the environment of the test run.
 pub fn honeycell_command() -> Command {
