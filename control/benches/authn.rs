@@ -71,6 +71,7 @@ fn authn(c: &mut Criterion) {
             Duration::from_secs(900),
             Duration::from_secs(3600),
             Duration::from_secs(3600),
+            honeycell_control::KeyRingReload::default(),
         ))
         .expect("token service");
     let issued = rt

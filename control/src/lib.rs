@@ -47,7 +47,9 @@ pub use model::{
 };
 pub use oauth::{OAuth, OAuthConfig, ProviderConfig, ProviderKind, SignedIn, Started};
 pub use postgres::{PgConfig, PgStore, SCHEMA_VERSION};
-pub use tokens::{REFRESH_PREFIX, TokenPair, TokenService, ensure_signing_key, rotate_signing_key};
+pub use tokens::{
+    KeyRingReload, REFRESH_PREFIX, TokenPair, TokenService, ensure_signing_key, rotate_signing_key,
+};
 
 use honeycell_auth::Role;
 use honeycell_types::OrgId;

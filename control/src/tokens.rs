@@ -8,8 +8,11 @@
 //! downtime: tokens signed before keep verifying until they expire, and a
 //! retired key may be deleted once the access lifetime has passed. Each
 //! cell's [`TokenService`] caches the key ring and reloads it when a token
-//! names a `kid` it does not know (at most once a second) and every
-//! `control.signing_key_reload` (30 s).
+//! names a `kid` it does not know (at most once a second), every
+//! `control.signing_key_reload` (30 s), and at its next use after the
+//! server's [`KeyRingReload`] signal fires (the admin socket fires it after
+//! `keys rotate` and `keys prune`, so a running server signs with a new key
+//! at once).
 //!
 //! Refresh tokens are `hcr_<43 base64url>`; the store keeps only the
 //! SHA-256 (hex) as the record id. Each refresh returns a new pair and
@@ -23,6 +26,7 @@
 //! `user:<id>`) dies with their membership and takes its current role.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +63,32 @@ struct Ring {
     verifiers: HashMap<String, Verifier>,
     jwks: serde_json::Value,
     loaded: Instant,
+    /// The [`KeyRingReload`] generation read before the keys were.
+    generation: u64,
+}
+
+impl Ring {
+    /// Whether this ring may still be used as it is.
+    fn fresh(&self, reload_every: Duration, signal: &KeyRingReload) -> bool {
+        self.loaded.elapsed() < reload_every && self.generation == signal.generation()
+    }
+}
+
+/// Tells every cell's key ring to re-read the signing keys at its next use.
+/// One counter for the whole server, shared by its cells' [`TokenService`]s:
+/// a signal, like the shutdown one, that carries no state of its own.
+#[derive(Clone, Debug, Default)]
+pub struct KeyRingReload(Arc<AtomicU64>);
+
+impl KeyRingReload {
+    /// Every ring loaded before this call reloads at its next use.
+    pub fn fire(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Issues and checks tokens for one cell.
@@ -73,6 +103,7 @@ struct Inner {
     access_ttl: Duration,
     refresh_ttl: Duration,
     reload_every: Duration,
+    reload_now: KeyRingReload,
     ring: Mutex<Arc<Ring>>,
 }
 
@@ -134,16 +165,17 @@ pub async fn rotate_signing_key(store: &Store) -> Result<String> {
 
 impl TokenService {
     /// Loads the key ring from the store; it is re-read every
-    /// `reload_every`, and at once (at most once a second) when a token
-    /// names an unknown `kid`.
+    /// `reload_every`, at its next use once `reload_now` fires, and at once
+    /// (at most once a second) when a token names an unknown `kid`.
     pub async fn load(
         store: Store,
         config: JwtConfig,
         access_ttl: Duration,
         refresh_ttl: Duration,
         reload_every: Duration,
+        reload_now: KeyRingReload,
     ) -> Result<Self> {
-        let ring = build_ring(&store, &config).await?;
+        let ring = build_ring(&store, &config, reload_now.generation()).await?;
         Ok(TokenService {
             inner: Arc::new(Inner {
                 store,
@@ -151,6 +183,7 @@ impl TokenService {
                 access_ttl,
                 refresh_ttl,
                 reload_every,
+                reload_now,
                 ring: Mutex::new(Arc::new(ring)),
             }),
         })
@@ -164,24 +197,33 @@ impl TokenService {
     }
 
     async fn reload(&self) -> Result<Arc<Ring>> {
-        let ring = Arc::new(build_ring(&self.inner.store, &self.inner.config).await?);
+        // The generation is read before the keys: a signal fired while they
+        // are read makes the next use read them again.
+        let generation = self.inner.reload_now.generation();
+        let ring = Arc::new(build_ring(&self.inner.store, &self.inner.config, generation).await?);
         if let Ok(mut r) = self.inner.ring.lock() {
             *r = ring.clone();
         }
         Ok(ring)
     }
 
+    fn fresh(&self, ring: &Ring) -> bool {
+        ring.fresh(self.inner.reload_every, &self.inner.reload_now)
+    }
+
     /// The verifier for `kid`, reloading the ring when the kid is unknown
     /// (or the ring is old).
     pub async fn verifier_for(&self, kid: &str) -> Result<Option<Verifier>> {
         let ring = self.ring();
-        let age = ring.loaded.elapsed();
+        let fresh = self.fresh(&ring);
         if let Some(v) = ring.verifiers.get(kid)
-            && age < self.inner.reload_every
+            && fresh
         {
             return Ok(Some(v.clone()));
         }
-        if age < RELOAD_AT_MOST {
+        // A fired signal reloads at once; an unknown kid at most once a
+        // second (anyone can send one).
+        if fresh && ring.loaded.elapsed() < RELOAD_AT_MOST {
             return Ok(ring.verifiers.get(kid).cloned());
         }
         Ok(self.reload().await?.verifiers.get(kid).cloned())
@@ -190,7 +232,7 @@ impl TokenService {
     /// The public keys, as a JWK set.
     pub async fn jwks(&self) -> Result<serde_json::Value> {
         let ring = self.ring();
-        if ring.loaded.elapsed() >= self.inner.reload_every {
+        if !self.fresh(&ring) {
             return Ok(self.reload().await?.jwks.clone());
         }
         Ok(ring.jwks.clone())
@@ -221,7 +263,7 @@ impl TokenService {
     async fn signer(&self) -> Result<Signer> {
         let ring = self.ring();
         if let Some(s) = &ring.signer
-            && ring.loaded.elapsed() < self.inner.reload_every
+            && self.fresh(&ring)
         {
             return Ok(s.clone());
         }
@@ -390,7 +432,7 @@ fn parse_refresh(text: &str) -> Result<String> {
     Ok(hash_hex(text))
 }
 
-async fn build_ring(store: &Store, config: &JwtConfig) -> Result<Ring> {
+async fn build_ring(store: &Store, config: &JwtConfig, generation: u64) -> Result<Ring> {
     let keys = store.signing_keys().await?;
     let mut verifiers = HashMap::new();
     let mut jwks = Vec::new();
@@ -411,5 +453,6 @@ async fn build_ring(store: &Store, config: &JwtConfig) -> Result<Ring> {
         verifiers,
         jwks: serde_json::json!({ "keys": jwks }),
         loaded: Instant::now(),
+        generation,
     })
 }

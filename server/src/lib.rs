@@ -3,7 +3,9 @@
 //! calls [`run`]; tests and benches start the real binary.
 //!
 //! Start-up order: lock the data directory (one server per data dir, see
-//! `lock.rs`), bind every listener on the main thread (so that port 0
+//! `lock.rs`), prepare the control-plane store and open the admin socket
+//! (`admin_socket.rs`: `honeycell keys|orgs|audit` against this server,
+//! without stopping it), bind every listener on the main thread (so that port 0
 //! resolves once and every cell shares the same port through SO_REUSEPORT;
 //! a port another process serves is refused), start the query pool, start
 //! the cells (each opens its storage, recovers the orgs it owns and opens
@@ -14,6 +16,7 @@
 //! (1 when it stopped because a cell failed while serving, [`CellFailed`]).
 
 pub mod admin;
+mod admin_socket;
 pub mod config;
 mod fault;
 mod listeners;
@@ -25,7 +28,7 @@ use anyhow::Context as _;
 use honeycell_api::ApiState;
 use honeycell_auth::Verifier;
 use honeycell_cell::{CellContext, CellSpec};
-use honeycell_control::{AuditSink, Authenticator, OAuth, TokenService};
+use honeycell_control::{AuditSink, Authenticator, KeyRingReload, OAuth, TokenService};
 use honeycell_flight::{FlightState, HoneycellFlight};
 use honeycell_router::Router;
 use honeycell_types::{CellId, OrgId};
@@ -110,7 +113,16 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
     let oauth_starts = Arc::new(config.oauth.start_budgets());
     let (access_ttl, refresh_ttl) = config.control.token_ttls()?;
     let key_reload = config.control.signing_key_reload()?;
+    // Fired by the admin socket when the signing keys change.
+    let key_ring_reload = KeyRingReload::default();
     let tiers = Arc::new(config.control.tiers());
+    // Before any thread that may create files starts: it binds under a
+    // umask of its own.
+    let admin = admin_socket::AdminSocket::start(
+        &config.data_dir,
+        opener.clone(),
+        admin::Settings::of(&config, Some(key_ring_reload.clone()))?,
+    );
     let oauth_config = Arc::new(config.oauth.clone());
     let redis_config = config.redis();
     if let Some(r) = &redis_config {
@@ -194,6 +206,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
         let brute_force = brute_force.clone();
         let redis_config = redis_config.clone();
         let data_dir = data_dir.clone();
+        let key_ring_reload = key_ring_reload.clone();
         let open = async move {
             let cell = ctx.handle.id();
             // Opening: any failure here stops the whole start (the error
@@ -212,6 +225,7 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
                 access_ttl,
                 refresh_ttl,
                 key_reload,
+                key_ring_reload,
             )
             .await
             .context("cannot load the signing keys")?;
@@ -385,6 +399,8 @@ pub fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyho
             "a cell stopped serving: stopping the others (draining connections, flushing the WAL), then exiting with status 1"
         ),
     }
+    // Admin commands stop first: none runs against a draining server.
+    drop(admin);
     let result = running.shutdown();
     query_pool.shutdown_timeout(std::time::Duration::from_secs(5));
     if let Some(cell) = failed {

@@ -4,9 +4,10 @@
 //! who holds it. The kernel releases the lock with the process, however it
 //! ends (`kill -9` included); the file itself stays, harmlessly.
 //!
-//! Only `serve` takes it: the offline commands (`keys`, `audit`, `orgs`,
-//! `migrate`) open the control-plane store, which has its own lock when it
-//! is embedded.
+//! `serve` takes it, and so do `keys`, `audit` and `orgs` when no server
+//! answers on the admin socket and they open the embedded store themselves
+//! (a server starting meanwhile is told which pid holds the data dir);
+//! `migrate` opens the store only, which redb locks on its own.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, Write as _};

@@ -114,13 +114,16 @@ enum Command {
     /// Create the control-plane store or apply pending PostgreSQL migrations
     /// (`serve` does this too, on start).
     Migrate(ConfigFlags),
-    /// Audit log tools.
+    /// Audit log tools (through the running server, if one answers on
+    /// <data_dir>/admin.sock; else on the store directly).
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// The server's token-signing keys.
+    /// The server's token-signing keys (through the running server, if one
+    /// answers on <data_dir>/admin.sock; else on the store directly).
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Orgs and their quota tiers.
+    /// Orgs and their quota tiers (through the running server, if one
+    /// answers on <data_dir>/admin.sock; else on the store directly).
     #[command(subcommand)]
     Orgs(OrgsCommand),
 }
@@ -174,26 +177,15 @@ fn token(
     Ok(signer.mint(&org, subject, role, ttl)?)
 }
 
-/// Prints one line per org; exit status 1 if any chain is broken.
-fn print_verified(results: &[honeycell::admin::Verified]) -> ExitCode {
-    let mut broken = false;
-    if results.is_empty() {
-        println!("no audit entries yet");
+/// An admin command: through the running server when one answers on
+/// `<data_dir>/admin.sock`, else on the store directly; prints its lines.
+fn admin(flags: &ConfigFlags, command: honeycell::admin::Command) -> anyhow::Result<ExitCode> {
+    let config = flags.load()?;
+    let outcome = honeycell::admin::run(&config, &command)?;
+    for line in &outcome.lines {
+        println!("{line}");
     }
-    for v in results {
-        match &v.result {
-            Ok(n) => println!("{}: {n} entries, hash chain intact", v.org),
-            Err(b) => {
-                broken = true;
-                println!("{}: BROKEN at entry {}: {}", v.org, b.seq, b.reason);
-            }
-        }
-    }
-    if broken {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    Ok(ExitCode::from(outcome.status))
 }
 
 fn main() -> ExitCode {
@@ -236,26 +228,26 @@ fn main() -> ExitCode {
             .load()
             .and_then(|c| honeycell::admin::migrate(&c))
             .map(|line| println!("{line}"))),
-        Command::Keys(KeysCommand::Rotate(flags)) => ok(flags
-            .load()
-            .and_then(|c| honeycell::admin::keys_rotate(&c))
-            .map(|line| println!("{line}"))),
-        Command::Keys(KeysCommand::Prune(flags)) => ok(flags
-            .load()
-            .and_then(|c| honeycell::admin::keys_prune(&c))
-            .map(|line| println!("{line}"))),
-        Command::Keys(KeysCommand::List(flags)) => ok(flags
-            .load()
-            .and_then(|c| honeycell::admin::keys_list(&c))
-            .map(|lines| lines.iter().for_each(|l| println!("{l}")))),
-        Command::Orgs(OrgsCommand::SetTier { flags, org, tier }) => ok(flags
-            .load()
-            .and_then(|c| honeycell::admin::orgs_set_tier(&c, org, tier))
-            .map(|line| println!("{line}"))),
-        Command::Audit(AuditCommand::Verify { flags, org }) => flags
-            .load()
-            .and_then(|c| honeycell::admin::audit_verify(&c, org.as_deref()))
-            .map(|results| print_verified(&results)),
+        Command::Keys(KeysCommand::Rotate(flags)) => {
+            admin(flags, honeycell::admin::Command::KeysRotate)
+        }
+        Command::Keys(KeysCommand::Prune(flags)) => {
+            admin(flags, honeycell::admin::Command::KeysPrune)
+        }
+        Command::Keys(KeysCommand::List(flags)) => {
+            admin(flags, honeycell::admin::Command::KeysList)
+        }
+        Command::Orgs(OrgsCommand::SetTier { flags, org, tier }) => admin(
+            flags,
+            honeycell::admin::Command::OrgsSetTier {
+                org: org.clone(),
+                tier: tier.clone(),
+            },
+        ),
+        Command::Audit(AuditCommand::Verify { flags, org }) => admin(
+            flags,
+            honeycell::admin::Command::AuditVerify { org: org.clone() },
+        ),
     };
     match result {
         Ok(code) => code,

@@ -120,6 +120,16 @@ pub fn honeycell_bin() -> PathBuf {
     .clone()
 }
 
+/// The decoded header of a JWT (`alg`, `kid`, …).
+pub fn jwt_header(token: &str) -> Value {
+    use base64::Engine as _;
+    let h = token.split('.').next().expect("header");
+    let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h)
+        .expect("base64url");
+    serde_json::from_slice(&h).expect("JSON header")
+}
+
 /// A `Command` for the binary with no `HONEYCELL_*` variable inherited from
 /// the environment of the test run.
 pub fn honeycell_command() -> Command {
@@ -420,6 +430,40 @@ impl TestServer {
         self.wait_ready().await;
     }
 
+    /// The server's environment: its JWT key and the builder's variables.
+    fn server_env(&self, cmd: &mut Command) {
+        match &self.builder.keys {
+            Keys::Hs256(secret) => {
+                cmd.env("HONEYCELL_JWT_SECRET", secret);
+            }
+            Keys::Rs256 => {
+                cmd.env("HONEYCELL_JWT__ALGORITHM", "RS256");
+                cmd.env(
+                    "HONEYCELL_JWT__PUBLIC_KEY_FILE",
+                    auth_fixture("rsa_public.pem"),
+                );
+            }
+        }
+        for (k, v) in &self.builder.env {
+            cmd.env(k, v);
+        }
+    }
+
+    /// `honeycell <args>` with this server's configuration file, data dir
+    /// and environment, as an operator on its host runs it (whether the
+    /// server runs or not; the config file is written at its first start).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = honeycell_command();
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.config_file())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null());
+        self.server_env(&mut cmd);
+        cmd.output().expect("run honeycell")
+    }
+
     /// Starts the process, without waiting for anything.
     fn launch(&mut self) {
         assert!(self.child.is_none(), "spawn: the server is already running");
@@ -451,21 +495,7 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
-        match &self.builder.keys {
-            Keys::Hs256(secret) => {
-                cmd.env("HONEYCELL_JWT_SECRET", secret);
-            }
-            Keys::Rs256 => {
-                cmd.env("HONEYCELL_JWT__ALGORITHM", "RS256");
-                cmd.env(
-                    "HONEYCELL_JWT__PUBLIC_KEY_FILE",
-                    auth_fixture("rsa_public.pem"),
-                );
-            }
-        }
-        for (k, v) in &self.builder.env {
-            cmd.env(k, v);
-        }
+        self.server_env(&mut cmd);
         // If the test process dies without running Drop (a nextest timeout
         // kills it), the server dies with it instead of leaking.
         #[cfg(target_os = "linux")]

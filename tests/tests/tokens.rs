@@ -39,12 +39,7 @@ async fn post(server: &TestServer, path: &str, bearer: Option<&str>, body: Value
 }
 
 fn header_kid(token: &str) -> String {
-    use base64::Engine as _;
-    let h = token.split('.').next().expect("header");
-    let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(h)
-        .expect("base64url");
-    let v: Value = serde_json::from_slice(&h).expect("JSON header");
+    let v = jwt_header(token);
     assert_eq!(v["alg"], "EdDSA", "{v}");
     v["kid"].as_str().expect("kid").to_owned()
 }
