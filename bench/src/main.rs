@@ -35,6 +35,8 @@ enum Scenario {
     CellsVsShared,
     /// Steady tenants' latency beside a storm of new TLS connections.
     TlsHandshakes,
+    /// GraphQL `eventCounts` as one org's history grows.
+    Counts,
     /// Every scenario above, in sequence.
     All,
 }
@@ -50,6 +52,7 @@ impl Scenario {
             Scenario::Scaling => "scaling",
             Scenario::CellsVsShared => "cells-vs-shared",
             Scenario::TlsHandshakes => "tls-handshakes",
+            Scenario::Counts => "counts",
             Scenario::All => "all",
         }
     }
@@ -110,6 +113,7 @@ async fn run_one(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<PathBuf> {
         Scenario::Scaling => scenarios::scaling::run(ctx, &mut rep).await,
         Scenario::CellsVsShared => scenarios::cells_vs_shared::run(ctx, &mut rep).await,
         Scenario::TlsHandshakes => scenarios::tls_handshakes::run(ctx, &mut rep).await,
+        Scenario::Counts => scenarios::counts::run(ctx, &mut rep).await,
         Scenario::All => bail!("`all` is not a single scenario"),
     };
     if let Err(e) = &result {
@@ -170,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Scaling,
             Scenario::CellsVsShared,
             Scenario::TlsHandshakes,
+            Scenario::Counts,
         ]
     } else {
         vec![args.scenario]

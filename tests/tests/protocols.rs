@@ -270,7 +270,13 @@ async fn filters_agree_across_protocols() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_counts_match_sql_group_by() {
-    let server = TestServer::new().await;
+    // Segments of 100 rows, kept apart: most events are counted from the
+    // sealed segments' summaries, the rest from the unsealed tail.
+    let server = TestServer::builder()
+        .env("HONEYCELL_STORAGE__SEGMENT_MAX_ROWS", 100)
+        .env("HONEYCELL_STORAGE__COMPACT_BELOW_ROWS", 1)
+        .start()
+        .await;
     let token = server.token("count-org", Role::Operator);
     let sent = seed(&server, &token).await;
 

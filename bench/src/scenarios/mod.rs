@@ -3,6 +3,7 @@
 
 pub mod burst;
 pub mod cells_vs_shared;
+pub mod counts;
 pub mod flight_vs_json;
 pub mod hostile;
 pub mod ingest;
