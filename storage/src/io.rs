@@ -1,4 +1,7 @@
-//! The I/O thread: the only place that touches files after `Store::open`.
+//! The I/O thread: the only place that touches the WAL after `Store::open`
+//! (segments are written by the segment thread, with [`write_sealed`] and
+//! [`compact`]: a seal asks this thread to rotate the WAL first and to
+//! delete the WAL files the new segments cover afterwards).
 //!
 //! It blocks on a channel, then drains everything queued, so appends that
 //! arrive while one fsync is in progress are written together and share the
@@ -42,16 +45,18 @@ pub(crate) enum Request {
         frame: Vec<u8>,
         reply: Reply<Result<()>>,
     },
-    Seal {
+    /// Before a seal: start a new WAL file, so that the files before it
+    /// end inside what the seal covers. Answers the org's segment
+    /// directory, where the segment thread then writes.
+    Rotate {
         org: OrgId,
-        chunks: Vec<Chunk>,
-        max_rows: usize,
-        reply: Reply<Result<Vec<Segment>>>,
+        reply: Reply<Result<PathBuf>>,
     },
-    Compact {
+    /// After a seal: delete the WAL files its segments cover.
+    Sealed {
         org: OrgId,
-        inputs: Vec<Segment>,
-        reply: Reply<Result<Segment>>,
+        seal_end: u64,
+        reply: Reply<Result<()>>,
     },
     DropSegments {
         org: OrgId,
@@ -379,18 +384,15 @@ impl IoThread {
                 let result = self.open(&org);
                 let _ = reply.send(result);
             }
-            Request::Seal {
+            Request::Rotate { org, reply } => {
+                let _ = reply.send(self.rotate(&org));
+            }
+            Request::Sealed {
                 org,
-                chunks,
-                max_rows,
+                seal_end,
                 reply,
             } => {
-                let result = self.seal(&org, chunks, max_rows);
-                let _ = reply.send(result);
-            }
-            Request::Compact { org, inputs, reply } => {
-                let result = self.compact(&org, &inputs);
-                let _ = reply.send(result);
+                let _ = reply.send(self.sealed(&org, seal_end));
             }
             Request::DropSegments {
                 org,
@@ -431,16 +433,9 @@ impl IoThread {
         Ok(recovered)
     }
 
-    fn seal(&mut self, org: &OrgId, chunks: Vec<Chunk>, max_rows: usize) -> Result<Vec<Segment>> {
+    fn rotate(&mut self, org: &OrgId) -> Result<PathBuf> {
         let fsyncs = &self.counters.fsyncs;
         let o = self.orgs.get_mut(org).ok_or(Error::Closed)?;
-        let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
-            return Ok(Vec::new());
-        };
-        let (seal_first, seal_end) = (first.first_offset, last.end_offset());
-
-        // Rotate first, so that the files before the new one end inside what
-        // this seal (or a later one) covers and can be deleted whole.
         let active_first = o.files.last().map_or(0, |f| f.first);
         if o.failed.is_none() && o.written_end > active_first {
             if o.dirty {
@@ -460,33 +455,11 @@ impl IoThread {
                 bytes: 0,
             });
         }
+        Ok(o.seg_dir.clone())
+    }
 
-        let mut written = Vec::new();
-        let result = (|| {
-            for (first, end, batches) in split_rows(&chunks, seal_first, max_rows) {
-                written.push((
-                    segment::write_segment(&o.seg_dir, first, end, &batches)?,
-                    first,
-                    end,
-                ));
-            }
-            sync_dir(&o.seg_dir)?;
-            written
-                .iter()
-                .map(|(path, first, end)| segment::load_segment(path, *first, *end))
-                .collect::<Result<Vec<_>>>()
-        })();
-        let segments = match result {
-            Ok(segments) => segments,
-            Err(e) => {
-                // Leave no segment behind that the caller does not know of.
-                for (path, _, _) in &written {
-                    let _ = fs::remove_file(path);
-                }
-                return Err(e);
-            }
-        };
-
+    fn sealed(&mut self, org: &OrgId, seal_end: u64) -> Result<()> {
+        let o = self.orgs.get_mut(org).ok_or(Error::Closed)?;
         let mut removed = false;
         while o.files.len() > 1 && o.files[1].first <= seal_end {
             let f = o.files.remove(0);
@@ -497,28 +470,7 @@ impl IoThread {
             sync_dir(&o.wal_dir)?;
         }
         o.publish_wal_bytes();
-        Ok(segments)
-    }
-
-    fn compact(&mut self, org: &OrgId, inputs: &[Segment]) -> Result<Segment> {
-        let o = self.org_mut(org)?;
-        let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
-            return Err(Error::corrupt(&o.seg_dir, 0, "compaction of no segments"));
-        };
-        let batches: Vec<RecordBatch> = inputs
-            .iter()
-            .flat_map(|s| s.chunks.iter().map(|c| c.batch.clone()))
-            .collect();
-        let path = segment::write_segment(&o.seg_dir, first.first, last.end, &batches)?;
-        sync_dir(&o.seg_dir)?;
-        let merged = segment::load_segment(&path, first.first, last.end)?;
-        // A crash from here on leaves the covering segment next to the
-        // covered ones; recovery keeps the covering one.
-        for s in inputs {
-            fs::remove_file(&s.path).map_err(|e| Error::io(&s.path, e))?;
-        }
-        sync_dir(&o.seg_dir)?;
-        Ok(merged)
+        Ok(())
     }
 
     fn drop_segments(&mut self, org: &OrgId, paths: &[PathBuf], new_first: u64) -> DropOutcome {
@@ -558,6 +510,62 @@ impl IoThread {
         }
         DropOutcome { deleted, error }
     }
+}
+
+/// Seals `chunks` into segments of at most `max_rows` rows in `seg_dir`
+/// (on the segment thread): written, the directory fsynced, mapped back.
+/// On failure no segment is left behind.
+pub(crate) fn write_sealed(
+    seg_dir: &Path,
+    chunks: &[Chunk],
+    max_rows: usize,
+) -> Result<Vec<Segment>> {
+    let Some(first) = chunks.first() else {
+        return Ok(Vec::new());
+    };
+    let mut written = Vec::new();
+    let result = (|| {
+        for (first, end, batches) in split_rows(chunks, first.first_offset, max_rows) {
+            written.push((
+                segment::write_segment(seg_dir, first, end, &batches)?,
+                first,
+                end,
+            ));
+        }
+        sync_dir(seg_dir)?;
+        written
+            .iter()
+            .map(|(path, first, end)| segment::load_segment(path, *first, *end))
+            .collect::<Result<Vec<_>>>()
+    })();
+    if result.is_err() {
+        for (path, _, _) in &written {
+            let _ = fs::remove_file(path);
+        }
+    }
+    result
+}
+
+/// Merges adjacent `inputs` into one segment in `seg_dir` and deletes them
+/// (on the segment thread).
+pub(crate) fn compact(seg_dir: &Path, inputs: &[Segment]) -> Result<Segment> {
+    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+        return Err(Error::corrupt(seg_dir, 0, "compaction of no segments"));
+    };
+    let batches: Vec<RecordBatch> = inputs
+        .iter()
+        .flat_map(|s| s.chunks.iter().map(|c| c.batch.clone()))
+        .collect();
+    let path = segment::write_segment(seg_dir, first.first, last.end, &batches)?;
+    sync_dir(seg_dir)?;
+    let merged = segment::load_segment(&path, first.first, last.end)?;
+    // A crash from here on leaves the covering segment next to the
+    // covered ones; recovery keeps the covering one.
+    for s in inputs {
+        fs::remove_file(&s.path).map_err(|e| Error::io(&s.path, e))?;
+    }
+    sync_dir(seg_dir)?;
+    Ok(merged)
 }
 
 /// Cut contiguous chunks into runs of at most `max_rows` rows.

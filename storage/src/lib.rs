@@ -15,8 +15,11 @@
 //! ```
 //!
 //! A [`Store`] belongs to one cell. All file I/O after [`Store::open`] runs on
-//! one dedicated OS thread per store, so an fsync never stalls the cell's
-//! runtime; the cell side is single-threaded and lock-free (`Rc`/`RefCell`),
+//! two dedicated OS threads per store, so an fsync never stalls the cell's
+//! runtime: the I/O thread (WAL appends, recovery, WAL rotation and
+//! deletion, retention) and the segment thread (writing segments when
+//! sealing and compacting, which takes long enough that appends must not
+//! queue behind it); the cell side is single-threaded and lock-free (`Rc`/`RefCell`),
 //! and talks to the I/O thread over a channel, getting answers through
 //! `tokio::sync::oneshot`. The I/O thread drains whatever is queued before
 //! writing, so concurrent appends share one fsync per file (group commit).

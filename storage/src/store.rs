@@ -58,6 +58,9 @@ pub struct MaintenanceReport {
 /// not the store, so that the store's org cache forms no `Rc` cycle.
 struct Shared {
     tx: Sender<Request>,
+    /// The segment thread's queue.
+    segment_tx: Sender<SegmentJob>,
+    data_dir: PathBuf,
     config: StorageConfig,
     counters: Arc<IoCounters>,
     /// Bytes in all orgs' memtables (published, not yet sealed).
@@ -70,6 +73,36 @@ impl Shared {
         self.tx.send(make(reply)).map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)
     }
+
+    /// Runs `job` on the segment thread.
+    async fn on_segment_thread<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(move || {
+            let _ = reply.send(job());
+        });
+        self.segment_tx
+            .send(SegmentJob::Run(job))
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// Work for the segment thread: writing segments (seal, compaction) is
+/// long (encoding and fsyncing up to `segment_max_rows` rows), so it runs
+/// beside the I/O thread rather than on it, and appends never queue behind
+/// it.
+enum SegmentJob {
+    Run(Box<dyn FnOnce() + Send>),
+    Stop,
+}
+
+fn run_segment_thread(rx: std::sync::mpsc::Receiver<SegmentJob>) {
+    while let Ok(SegmentJob::Run(job)) = rx.recv() {
+        job();
+    }
 }
 
 /// One cell's storage: the I/O thread and the cache of opened orgs.
@@ -78,6 +111,7 @@ pub struct Store {
     data_dir: PathBuf,
     orgs: RefCell<HashMap<OrgId, Rc<OnceCell<OrgLog>>>>,
     thread: Option<JoinHandle<()>>,
+    segment_thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -90,7 +124,8 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Create `{data_dir}/orgs` if needed and start the I/O thread under the
-    /// given name (e.g. `cell-0-io`). Orgs are opened lazily by [`Store::org`].
+    /// given name (e.g. `cell-0-io`) and the segment thread (`cell-0-io-seg`).
+    /// Orgs are opened lazily by [`Store::org`].
     pub fn open(data_dir: &Path, config: StorageConfig, io_thread_name: String) -> Result<Store> {
         config.validate()?;
         let orgs_dir = data_dir.join("orgs");
@@ -98,6 +133,15 @@ impl Store {
         let counters = Arc::new(IoCounters::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let io = IoThread::new(data_dir.to_owned(), config.durability(), counters.clone());
+        let segment_name = format!("{io_thread_name}-seg");
+        let (segment_tx, segment_rx) = std::sync::mpsc::channel();
+        let segment_thread = std::thread::Builder::new()
+            .name(segment_name.clone())
+            .spawn(move || run_segment_thread(segment_rx))
+            .map_err(|source| Error::Spawn {
+                thread: segment_name,
+                source,
+            })?;
         let thread = std::thread::Builder::new()
             .name(io_thread_name.clone())
             .spawn(move || io.run(rx))
@@ -108,6 +152,8 @@ impl Store {
         Ok(Store {
             shared: Rc::new(Shared {
                 tx,
+                segment_tx,
+                data_dir: data_dir.to_owned(),
                 config,
                 counters,
                 memtable_bytes: Cell::new(0),
@@ -115,6 +161,7 @@ impl Store {
             data_dir: data_dir.to_owned(),
             orgs: RefCell::new(HashMap::new()),
             thread: Some(thread),
+            segment_thread: Some(segment_thread),
         })
     }
 
@@ -185,6 +232,23 @@ impl Store {
         self.shared.counters.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// Stop the segment thread (once it has done what is queued now) until
+    /// the returned sender sends or is dropped.
+    #[cfg(test)]
+    pub(crate) fn hold_segments_for_tests(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let _ = self
+            .shared
+            .segment_tx
+            .send(SegmentJob::Run(Box::new(move || {
+                let _ = held_tx.send(());
+                let _ = hold.recv();
+            })));
+        let _ = held.recv();
+        release
+    }
+
     /// Stop the I/O thread (once it has drained what is queued now) until
     /// the returned sender sends or is dropped.
     #[cfg(test)]
@@ -202,6 +266,14 @@ impl Store {
     /// Write and fsync everything queued, stop the I/O thread and join it.
     /// Org handles still alive afterwards fail with [`Error::Closed`].
     pub async fn shutdown(mut self) -> Result<()> {
+        // The segment thread finishes what it holds first (a seal's WAL
+        // files are deleted only after its segments are written).
+        let _ = self.shared.segment_tx.send(SegmentJob::Stop);
+        if let Some(thread) = self.segment_thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("storage segment thread panicked");
+        }
         let result = self
             .shared
             .request(|reply| Request::Shutdown { reply })
@@ -507,11 +579,21 @@ impl OrgLog {
         };
         if let Some(chunks) = to_seal {
             let seal_end = chunks.last().map_or(0, Chunk::end_offset);
+            let org = &self.inner.org;
+            let seg_dir = store
+                .request(|reply| Request::Rotate {
+                    org: org.clone(),
+                    reply,
+                })
+                .await??;
+            let max_rows = config.segment_max_rows;
             let segments = store
-                .request(|reply| Request::Seal {
-                    org: self.inner.org.clone(),
-                    chunks,
-                    max_rows: config.segment_max_rows,
+                .on_segment_thread(move || crate::io::write_sealed(&seg_dir, &chunks, max_rows))
+                .await??;
+            store
+                .request(|reply| Request::Sealed {
+                    org: org.clone(),
+                    seal_end,
                     reply,
                 })
                 .await??;
@@ -538,12 +620,9 @@ impl OrgLog {
             };
             let first = inputs.first().map_or(0, |s| s.first);
             let count = inputs.len();
+            let seg_dir = crate::io::org_dir(&store.data_dir, &self.inner.org).join("segments");
             let merged = store
-                .request(|reply| Request::Compact {
-                    org: self.inner.org.clone(),
-                    inputs,
-                    reply,
-                })
+                .on_segment_thread(move || crate::io::compact(&seg_dir, &inputs))
                 .await??;
             let mut st = self.inner.state.borrow_mut();
             let Some(at) = st.segments.iter().position(|s| s.first == first) else {

@@ -318,6 +318,44 @@ async fn seal_then_reopen_reads_segments_zero_copy() {
 }
 
 #[tokio::test]
+async fn appends_do_not_wait_for_a_seal_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = org("acme");
+    let store = open(dir.path(), StorageConfig::default());
+    let log = store.org(&o).await.unwrap();
+    log.append(batch(&o, 3, "a")).await.unwrap();
+    // The seal's segment write is held on the segment thread…
+    let hold = store.hold_segments_for_tests();
+    let seal = log.maintain(NOW, true);
+    tokio::pin!(seal);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut seal)
+            .await
+            .is_err(),
+        "the seal waits for the segment thread"
+    );
+    // …and an append meanwhile is written, made durable and visible.
+    let b = tokio::time::timeout(Duration::from_secs(10), log.append(batch(&o, 2, "b")))
+        .await
+        .expect("the append must not queue behind the seal")
+        .unwrap();
+    assert_eq!(b.first_offset, 3);
+    assert_eq!(log.snapshot().num_rows(), 5);
+    drop(hold);
+    let report = seal.await.unwrap();
+    assert_eq!((report.sealed_segments, report.sealed_rows), (1, 3));
+    assert_eq!(files(dir.path(), &o, "segments"), [segment_file_name(0, 3)]);
+    let ids = entity_ids(&log.snapshot());
+    assert_eq!(ids, ["a-0", "a-1", "a-2", "b-0", "b-1"]);
+    // Restart: the sealed rows come from the segment, the rest from the WAL.
+    store.shutdown().await.unwrap();
+    let store = open(dir.path(), StorageConfig::default());
+    let log = store.org(&o).await.unwrap();
+    assert_eq!(entity_ids(&log.snapshot()), ids);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn sealed_segments_carry_their_summary_in_the_footer() {
     let dir = tempfile::tempdir().unwrap();
     let o = org("acme");
