@@ -55,6 +55,54 @@ pub fn init_logging(config: &config::LogConfig) {
     } else {
         builder.try_init()
     };
+    quiet_caught_decode_panics();
+}
+
+/// Seconds between two log lines about caught decoder panics.
+const DECODE_PANIC_LOG_SECS: u64 = 10;
+
+/// Installs a panic hook that reports a panic inside a guarded decode of
+/// outside bytes (a client's Arrow IPC, a damaged segment at recovery:
+/// caught, answered as a refusal or a corrupt file) as one warning per
+/// `DECODE_PANIC_LOG_SECS` with a count of the ones not logged, instead of
+/// the default hook's message on stderr for each — which a client could
+/// otherwise repeat at will. Every other panic goes to the default hook,
+/// message and all.
+fn quiet_caught_decode_panics() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOGGED: AtomicU64 = AtomicU64::new(0);
+    static NOT_LOGGED: AtomicU64 = AtomicU64::new(0);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !honeycell_storage::decoding_untrusted() {
+            default(info);
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = LAST_LOGGED.load(Ordering::Relaxed);
+        if now < last.saturating_add(DECODE_PANIC_LOG_SECS)
+            || LAST_LOGGED
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            NOT_LOGGED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::warn!(
+            panic = %message.chars().take(200).collect::<String>(),
+            at = %info.location().map(|l| l.to_string()).unwrap_or_default(),
+            not_logged_since_last = NOT_LOGGED.swap(0, Ordering::Relaxed),
+            "arrow panicked decoding malformed input; caught, and answered as a refusal or a corrupt file"
+        );
+    }));
 }
 
 /// The error of a server that stopped because a cell failed while serving

@@ -140,13 +140,27 @@ fn check_batch(batch: &arrow_ipc::RecordBatch<'_>, body: u64) -> Result<(), Stri
     Ok(())
 }
 
+thread_local! {
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside a guarded decode of bytes from outside:
+/// a panic hook asks it to tell such a panic (caught, answered as a
+/// refusal, possibly sent on purpose) from a bug.
+pub fn decoding_untrusted() -> bool {
+    DECODING.with(std::cell::Cell::get)
+}
+
 /// Runs an arrow decode, turning a panic into a refusal (also used for
 /// segment files at recovery).
 pub(crate) fn guarded<T>(
     what: &str,
     decode: impl FnOnce() -> Result<T, arrow_schema::ArrowError>,
 ) -> Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(decode)) {
+    let outer = DECODING.with(|d| d.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(decode));
+    DECODING.with(|d| d.set(outer));
+    match result {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{what} does not decode: {e}")),
         Err(_) => Err(format!(

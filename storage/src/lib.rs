@@ -58,7 +58,7 @@ use arrow_array::RecordBatch;
 
 pub use config::{Durability, DurabilityConfig, StorageConfig, parse_retention};
 pub use error::{Error, Result};
-pub use ipc::{IpcDecoder, MAX_ROWS_PER_MESSAGE};
+pub use ipc::{IpcDecoder, MAX_ROWS_PER_MESSAGE, decoding_untrusted};
 
 /// Entry points for the fuzz targets (feature `fuzzing`): recovery's
 /// readers over bytes no server wrote.

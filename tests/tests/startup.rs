@@ -156,6 +156,44 @@ async fn a_cell_whose_storage_cannot_open_stops_the_start_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_arrow_panics_on_stops_the_start_as_corrupt_with_one_quiet_line() {
+    // A segment file found by fuzzing, on which arrow's decoder panics: the
+    // panic is caught (the file is corrupt, the start stops naming it), and
+    // the log says so in one warning, not with a panic message on stderr.
+    let data = tempfile::tempdir().expect("tempdir");
+    let org = org_owned_by("damaged", 0, 2);
+    let segments = data.path().join("orgs").join(&org).join("segments");
+    std::fs::create_dir_all(&segments).expect("create the org dir");
+    let segment = segments.join("seg-00000000000000000000-00000000000000000005.arrow");
+    let crash = workspace_root()
+        .join("fuzz/corpus/segment_file/crash-4b2d204b51a0637a8b901e5b53e03947fbe7564d");
+    std::fs::copy(&crash, &segment).expect("plant the damaged segment");
+
+    let exited = TestServer::builder()
+        .cells(2)
+        .data_dir(data.path())
+        .start_expecting_exit()
+        .await;
+    assert_eq!(exited.status.code(), Some(2), "{}", exited.log);
+    let path = segment.display().to_string();
+    assert!(
+        exited.log.contains(&format!("corrupt file {path}")),
+        "{path:?} in:\n{}",
+        exited.log
+    );
+    assert_eq!(
+        exited
+            .log
+            .matches("arrow panicked decoding malformed input")
+            .count(),
+        1,
+        "{}",
+        exited.log
+    );
+    assert!(!exited.log.contains("panicked at"), "{}", exited.log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cell_that_panics_while_serving_stops_the_server_with_status_1() {
     let mut server = TestServer::builder()
         .cells(2)
