@@ -15,8 +15,9 @@
 //! the setting. `sql.rs` enforces `flight_sql.query_timeout` (time spent
 //! computing, not waiting for the client to read) and stops a query when
 //! its client goes away. Table functions that generate rows
-//! (`generate_series`, `range`) and functions that build arbitrarily large
-//! values from small inputs (`repeat`, `lpad`, `rpad`) are not available.
+//! (`generate_series`, `range`, recursive CTEs) and functions that build
+//! arbitrarily large values from small inputs (`repeat`, `lpad`, `rpad`)
+//! are not available.
 //!
 //! An org's queries also share a budget of computing time: its tier's
 //! `query_seconds_per_minute`, else `flight_sql.org_query_seconds_per_minute`
@@ -351,9 +352,11 @@ impl QueryEngine {
             )
             .build_arc()
             .map_err(|e| Error::Sql(e.to_string()))?;
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
+        // A recursive CTE makes rows from nothing, like generate_series.
+        config.options_mut().execution.enable_recursive_ctes = false;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         for name in TABLE_FUNCTIONS_OFF {
             ctx.deregister_udtf(name);

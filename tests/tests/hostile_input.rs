@@ -185,6 +185,7 @@ async fn row_generators_are_not_available() {
         "SELECT count(*) FROM range(1, 100000000)",
         "SELECT repeat('x', 2000000000)",
         "SELECT lpad('x', 2000000000)",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t",
     ] {
         let status = server.sql_status(&viewer, sql).await.expect_err(sql);
         assert_eq!(
