@@ -154,10 +154,12 @@ pub async fn post_events(
         .into_response())
 }
 
-/// The whole body, up to `http_limits.max_body_bytes` (every route that
-/// reads a body reads it through here).
+/// The whole body, up to `http_limits.max_body_bytes`, arriving at
+/// `http_limits.min_body_bytes_per_sec` on average after the first
+/// `body_grace_secs` (every route that reads a body reads it through here).
 pub(crate) async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, ApiError> {
     use axum::body::HttpBody as _;
+    use futures::StreamExt as _;
     let limit = state.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -173,9 +175,51 @@ pub(crate) async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, Api
     if body.size_hint().lower() > limit as u64 {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())
+    let rate = state.config.min_body_bytes_per_sec;
+    let grace = std::time::Duration::from_secs(state.config.body_grace_secs);
+    let started = tokio::time::Instant::now();
+    let mut buf = bytes::BytesMut::new();
+    let mut data = body.into_data_stream();
+    loop {
+        // The body must keep up with the minimum rate: by now it may have
+        // taken the grace plus what its bytes so far are worth.
+        let next = if rate == 0 {
+            data.next().await
+        } else {
+            let earned = std::time::Duration::from_secs_f64(buf.len() as f64 / rate as f64);
+            match tokio::time::timeout_at(started + grace + earned, data.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        honeycell_types::ErrorClass::RequestTimeout,
+                        "body_too_slow",
+                        format!(
+                            "the body arrived slower than {rate} bytes/s after {} s ({} bytes in {:.0} s; http_limits.min_body_bytes_per_sec); send it faster or in smaller requests",
+                            grace.as_secs(),
+                            buf.len(),
+                            started.elapsed().as_secs_f64()
+                        ),
+                    ));
+                }
+            }
+        };
+        match next {
+            None => return Ok(buf.freeze()),
+            Some(Ok(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Some(Err(e)) => {
+                return Err(ApiError::new(
+                    honeycell_types::ErrorClass::BadRequest,
+                    "bad_body",
+                    format!("the body could not be read: {e}"),
+                ));
+            }
+        }
+    }
 }
 
 /// Query string of `GET /v1/events`.

@@ -56,6 +56,13 @@ pub struct HttpConfig {
     /// Largest GraphQL answer; a bigger one is refused with
     /// `response_too_large` instead of being sent.
     pub graphql_max_response_bytes: usize,
+    /// Slowest a request body may arrive, on average, once
+    /// `body_grace_secs` have passed (0: no minimum). A body that falls
+    /// behind is refused with 408 `body_too_slow`, so a client trickling
+    /// bytes cannot hold a connection and its buffer for ever.
+    pub min_body_bytes_per_sec: u64,
+    /// Seconds a body may take before its rate is checked.
+    pub body_grace_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +75,8 @@ impl Default for HttpConfig {
             graphql_max_cost: 20_000,
             graphql_max_nesting: 32,
             graphql_max_response_bytes: 32 * 1024 * 1024,
+            min_body_bytes_per_sec: 1024,
+            body_grace_secs: 10,
         }
     }
 }
@@ -89,6 +98,9 @@ impl HttpConfig {
         }
         if self.graphql_max_response_bytes < 64 * 1024 {
             return Err("http_limits.graphql_max_response_bytes must be at least 65536".into());
+        }
+        if !(1..=3_600).contains(&self.body_grace_secs) {
+            return Err("http_limits.body_grace_secs must be from 1 to 3600".into());
         }
         if self.max_batch_events == 0 || self.max_page_size == 0 || self.default_page_size == 0 {
             return Err("http_limits.max_batch_events, http_limits.max_page_size and http_limits.default_page_size must be at least 1".into());
@@ -316,11 +328,16 @@ async fn serve_connection(
             let http1 = request.version() < ::http::Version::HTTP_2;
             async move {
                 let mut response = tower::ServiceExt::oneshot(app, request).await?;
-                // A body refused as too large is left unread, so the
-                // connection cannot carry another request: say so, or a
-                // client may reuse it and lose its next request to the
-                // lingering close.
-                if http1 && response.status() == ::http::StatusCode::PAYLOAD_TOO_LARGE {
+                // A body refused as too large or too slow is left unread,
+                // so the connection cannot carry another request: say so,
+                // or a client may reuse it and lose its next request to
+                // the lingering close.
+                if http1
+                    && matches!(
+                        response.status(),
+                        ::http::StatusCode::PAYLOAD_TOO_LARGE | ::http::StatusCode::REQUEST_TIMEOUT
+                    )
+                {
                     response.headers_mut().insert(
                         ::http::header::CONNECTION,
                         ::http::HeaderValue::from_static("close"),

@@ -98,7 +98,7 @@ pub fn code(class: ErrorClass) -> Code {
         ErrorClass::MethodNotAllowed => Code::Unimplemented,
         ErrorClass::Overloaded { .. } => Code::ResourceExhausted,
         ErrorClass::Unavailable => Code::Unavailable,
-        ErrorClass::TimedOut => Code::DeadlineExceeded,
+        ErrorClass::TimedOut | ErrorClass::RequestTimeout => Code::DeadlineExceeded,
         ErrorClass::Internal => Code::Internal,
     }
 }

@@ -636,3 +636,75 @@ async fn an_oversized_body_sent_whole_gets_its_413_not_a_reset() {
     assert!(text.contains("body_too_large"), "{text}");
     assert!(text.contains("max_body_bytes"), "{text}");
 }
+
+#[tokio::test]
+async fn a_body_trickling_in_under_the_minimum_rate_gets_408_and_a_fast_enough_one_is_read() {
+    let server = server()
+        .toml("[http_limits]\nmin_body_bytes_per_sec = 1024\nbody_grace_secs = 1")
+        .start()
+        .await;
+    let token = server.token("slow", Role::Operator);
+    let event =
+        br#"[{"event_type":"INSERT","entity_type":"t","entity_id":"e-1","data":{"pad":"PAD"}}]"#;
+    let body = String::from_utf8_lossy(event).replace("PAD", &"x".repeat(3_000));
+    let head = |len: usize| {
+        format!(
+            "POST /v1/events HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+        )
+    };
+
+    // 10 bytes every 200 ms: 50 bytes/s, far under 1 KiB/s.
+    let mut slow = connect(server.ports().http).await;
+    slow.write_all(head(body.len()).as_bytes())
+        .await
+        .expect("write the head");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    for piece in body.as_bytes().chunks(10) {
+        if slow.write_all(piece).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The answer may already be there: stop sending once it is.
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+            && n > 0
+        {
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no answer to a body at 50 bytes/s after 20 s"
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_too_slow"), "{text}");
+    assert!(text.contains("min_body_bytes_per_sec"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+
+    // The same body at ~2 KiB/s (1 KiB every 500 ms) is read and stored.
+    let mut steady = connect(server.ports().http).await;
+    steady
+        .write_all(head(body.len()).as_bytes())
+        .await
+        .expect("write the head");
+    for piece in body.as_bytes().chunks(1024) {
+        steady.write_all(piece).await.expect("write a piece");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), steady.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 20"), "{text}");
+    assert_eq!(server.count_http(&token).await, 1);
+}

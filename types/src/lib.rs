@@ -127,6 +127,9 @@ pub enum ErrorClass {
     /// The request ran past its time limit and was stopped; retrying it
     /// unchanged will likely time out again (504; gRPC DEADLINE_EXCEEDED).
     TimedOut,
+    /// The client sent its request too slowly (408): a body arriving under
+    /// the server's minimum rate.
+    RequestTimeout,
     /// A bug or an unexpected failure on our side (500).
     Internal,
 }
@@ -146,6 +149,7 @@ impl ErrorClass {
             ErrorClass::Overloaded { .. } => 429,
             ErrorClass::Unavailable => 503,
             ErrorClass::TimedOut => 504,
+            ErrorClass::RequestTimeout => 408,
             ErrorClass::Internal => 500,
         }
     }
@@ -164,6 +168,7 @@ impl ErrorClass {
             ErrorClass::Overloaded { .. } => "rate_limited",
             ErrorClass::Unavailable => "unavailable",
             ErrorClass::TimedOut => "timed_out",
+            ErrorClass::RequestTimeout => "request_timeout",
             ErrorClass::Internal => "internal",
         }
     }
