@@ -190,8 +190,31 @@ impl Roapi {
             seen.rows += s.rows;
             seen.checksum = seen.checksum.wrapping_add(s.checksum);
             seen.bytes += s.bytes;
+            seen.batches += s.batches;
         }
         Ok(seen)
+    }
+
+    /// `SELECT count(*) FROM events` over Flight SQL.
+    pub async fn count_flight_sql(&self) -> anyhow::Result<u64> {
+        use arrow::array::AsArray as _;
+        use futures::TryStreamExt as _;
+        let channel = Channel::from_shared(self.flight_sql.clone())?
+            .connect()
+            .await?;
+        let mut client = FlightSqlServiceClient::new(channel);
+        let info = client
+            .execute("SELECT count(*) FROM events".into(), None)
+            .await?;
+        let ep = info.endpoint.first().context("no endpoint")?;
+        let ticket = ep.ticket.clone().context("no ticket")?;
+        let batches: Vec<RecordBatch> = client.do_get(ticket).await?.try_collect().await?;
+        let b = batches.first().context("count(*) returned no batch")?;
+        let c = b
+            .column(0)
+            .as_primitive_opt::<arrow::datatypes::Int64Type>()
+            .context("count(*) is not an Int64")?;
+        Ok(u64::try_from(c.value(0))?)
     }
 
     /// The whole table as JSON through REST (`GET /api/tables/events`).
