@@ -792,6 +792,15 @@ mod tests {
             .column(0)
             .as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!(n.value(0), 100);
+        // Text literals are coerced to timestamps before they reach the
+        // scan: T0 is 2023-11-14T22:13:20Z; its first 100 minutes.
+        let (plan, batches) = run(
+            &s,
+            "SELECT * FROM events WHERE occurred_at >= '2023-11-14T22:13:20Z' AND occurred_at < '2023-11-14T23:53:20Z'",
+        )
+        .await;
+        assert!(plan.contains("segments=1/2"), "{plan}");
+        assert_eq!(rows(&batches), 100);
         // Types: the summaries show which segment holds `user` events.
         let (plan, batches) = run(&s, "SELECT * FROM events WHERE entity_type = 'user'").await;
         assert!(plan.contains("segments=1/2"), "{plan}");

@@ -44,6 +44,17 @@ pub struct Seen {
     pub batches: u64,
 }
 
+impl Seen {
+    /// The batch count for a report, `—` for JSON paths.
+    fn batches_text(&self) -> String {
+        if self.batches == 0 {
+            "—".to_owned()
+        } else {
+            thousands(self.batches as f64)
+        }
+    }
+}
+
 pub fn fnv(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
@@ -142,12 +153,42 @@ async fn count_sql(server: &Server, token: &str) -> anyhow::Result<u64> {
         )
         .try_collect()
         .await?;
+    count_of(&batches)
+}
+
+/// The answer of a `SELECT count(*)`.
+pub fn count_of(batches: &[RecordBatch]) -> anyhow::Result<u64> {
     let b = batches.first().context("count(*) returned no batch")?;
     let c = b
         .column(0)
         .as_primitive_opt::<arrow::datatypes::Int64Type>()
         .context("count(*) is not an Int64")?;
     Ok(u64::try_from(c.value(0))?)
+}
+
+/// The median time of `runs` counts by `count`, each of which must be `n`.
+pub async fn timed_count<F, Fut>(
+    runs: usize,
+    n: usize,
+    what: &str,
+    mut count: F,
+) -> anyhow::Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let c = count()
+            .await
+            .with_context(|| format!("{what} count(*) at {n} events"))?;
+        times.push(t.elapsed().as_secs_f64());
+        if c != n as u64 {
+            bail!("{what} count(*) answered {c}, expected {n}");
+        }
+    }
+    Ok(median(times))
 }
 
 /// Flight SQL: execute `sql`, then DoGet at the owning cell.
@@ -554,18 +595,7 @@ async fn one(
             peak_rss: server.peak_rss(),
         });
     }
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        let c = count_sql(&server, &token)
-            .await
-            .with_context(|| format!("count(*) at {n} events"))?;
-        times.push(t.elapsed().as_secs_f64());
-        if c != n as u64 {
-            bail!("count(*) answered {c}, expected {n}");
-        }
-    }
-    let count_s = median(times);
+    let count_s = timed_count(runs, n, "Honeycell", || count_sql(&server, &token)).await?;
     let reference = rows[0].seen.checksum;
     for r in &rows {
         if r.seen.checksum != reference {
@@ -586,11 +616,7 @@ async fn one(
     ));
     for r in &rows {
         let mbytes = r.seen.bytes as f64 / 1e6;
-        let batches = if r.seen.batches == 0 {
-            "—".to_owned()
-        } else {
-            thousands(r.seen.batches as f64)
-        };
+        let batches = r.seen.batches_text();
         rep.line(&format!(
             "| {} | {:.4} | {} | {batches} | {:.1} | {:.0} | {:.1}x | {} |",
             r.path,
@@ -730,11 +756,7 @@ async fn peer(
     rep.line("| path | time (s) | rows/s | batches | MB on the wire | MB/s | ROAPI peak RSS (MB) |\n|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let mbytes = r.seen.bytes as f64 / 1e6;
-        let batches = if r.seen.batches == 0 {
-            "—".to_owned()
-        } else {
-            thousands(r.seen.batches as f64)
-        };
+        let batches = r.seen.batches_text();
         rep.line(&format!(
             "| {} | {:.4} | {} | {batches} | {:.1} | {:.0} | {} |",
             r.path,
@@ -772,19 +794,7 @@ async fn peer(
         cmp(rate("GraphQL"), best_json, 1.0),
         cmp(rate("GraphQL"), peer_rate("ROAPI GraphQL"), 1.0),
     ));
-    let mut times = Vec::new();
-    for _ in 0..ctx.runs {
-        let t = Instant::now();
-        let c = roapi
-            .count_flight_sql()
-            .await
-            .with_context(|| format!("ROAPI count(*) at {n} events"))?;
-        times.push(t.elapsed().as_secs_f64());
-        if c != n as u64 {
-            bail!("ROAPI count(*) answered {c}, expected {n}");
-        }
-    }
-    let roapi_count = median(times);
+    let roapi_count = timed_count(ctx.runs, n, "ROAPI", || roapi.count_flight_sql()).await?;
     rep.line(&format!(
         "`SELECT count(*) FROM events` over Flight SQL: Honeycell {:.1} ms, ROAPI {:.1} ms.",
         count_s * 1e3,

@@ -19,7 +19,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use serde::Deserialize;
 use tonic::transport::Channel;
 
-use super::flight_vs_json::{Seen, decode_stream, fnv};
+use super::flight_vs_json::{Seen, count_of, decode_stream, fnv};
 use crate::server::{cpu_secs_of, peak_rss_of, reset_peak_of};
 
 /// A running ROAPI, killed on drop.
@@ -197,7 +197,6 @@ impl Roapi {
 
     /// `SELECT count(*) FROM events` over Flight SQL.
     pub async fn count_flight_sql(&self) -> anyhow::Result<u64> {
-        use arrow::array::AsArray as _;
         use futures::TryStreamExt as _;
         let channel = Channel::from_shared(self.flight_sql.clone())?
             .connect()
@@ -209,12 +208,7 @@ impl Roapi {
         let ep = info.endpoint.first().context("no endpoint")?;
         let ticket = ep.ticket.clone().context("no ticket")?;
         let batches: Vec<RecordBatch> = client.do_get(ticket).await?.try_collect().await?;
-        let b = batches.first().context("count(*) returned no batch")?;
-        let c = b
-            .column(0)
-            .as_primitive_opt::<arrow::datatypes::Int64Type>()
-            .context("count(*) is not an Int64")?;
-        Ok(u64::try_from(c.value(0))?)
+        count_of(&batches)
     }
 
     /// The whole table as JSON through REST (`GET /api/tables/events`).
