@@ -224,7 +224,7 @@ impl Prune {
             Some(f(a?, b?))
         }
         let merge = |mut a: Vec<String>, b: Vec<String>| {
-            a.extend(b.into_iter());
+            a.extend(b);
             a
         };
         Prune {

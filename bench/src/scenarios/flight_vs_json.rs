@@ -644,10 +644,25 @@ async fn one(
         json_s: rows[3].secs,
     };
     if peer_too {
-        let hc: Vec<(&str, f64)> = rows.iter().map(|r| (r.path, n as f64 / r.secs)).collect();
-        peer(ctx, rep, &server, &token, n, reference, &hc, count_s).await?;
+        let hc = Honeycell {
+            n,
+            reference,
+            rates: rows.iter().map(|r| (r.path, n as f64 / r.secs)).collect(),
+            count_s,
+        };
+        peer(ctx, rep, &server, &token, &hc).await?;
     }
     Ok(figures)
+}
+
+/// Honeycell's figures that ROAPI's stand beside.
+struct Honeycell<'a> {
+    n: usize,
+    /// The checksum of event ids every path returned.
+    reference: u64,
+    /// Rows per second by path.
+    rates: Vec<(&'a str, f64)>,
+    count_s: f64,
 }
 
 /// ROAPI on the same events, beside Honeycell's figures.
@@ -656,11 +671,14 @@ async fn peer(
     rep: &mut Report,
     server: &Server,
     token: &str,
-    n: usize,
-    reference: u64,
-    hc: &[(&str, f64)],
-    count_s: f64,
+    hc: &Honeycell<'_>,
 ) -> anyhow::Result<()> {
+    let Honeycell {
+        n,
+        reference,
+        count_s,
+        ..
+    } = *hc;
     rep.line(&format!(
         "\n### Peer: ROAPI on the same {} events (Parquet)\n",
         thousands(n as f64)
@@ -769,7 +787,8 @@ async fn peer(
         rep.push_raw(json!({"events": n, "system": "roapi", "path": r.path, "seconds": r.secs, "rows_per_s": n as f64 / r.secs, "bytes": r.seen.bytes, "rows": r.seen.rows, "peak_rss": r.peak_rss}));
     }
     let rate = |p: &str| {
-        hc.iter()
+        hc.rates
+            .iter()
             .find(|(k, _)| *k == p)
             .map_or(f64::NAN, |(_, v)| *v)
     };
