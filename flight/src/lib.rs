@@ -16,6 +16,7 @@ pub mod error;
 pub mod put;
 pub mod service;
 pub mod sql;
+pub mod table;
 
 pub use engine::{QueryEngine, SqlConfig};
 pub use error::{Error, Result};

@@ -1,8 +1,8 @@
 //! Flight SQL over the caller's own `events` table, executed by DataFusion.
 //!
 //! Isolation does not depend on parsing the SQL: every query runs in a fresh
-//! DataFusion session whose catalog holds exactly one table, `events`, built
-//! from the caller's org snapshot. Another org's data is simply not there,
+//! DataFusion session whose catalog holds exactly one table, `events`, read
+//! from the caller's org snapshot (`table.rs`). Another org's data is simply not there,
 //! whatever the SQL or ticket names. DDL, DML and statements such as `SET`
 //! are refused. Queries execute on the query pool, not on the cell's thread,
 //! so a heavy query never stalls the cell's other tenants; results flow back
@@ -25,7 +25,6 @@ use arrow_flight::sql::{
 };
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use arrow_ipc::writer::IpcWriteOptions;
-use datafusion::catalog::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use futures::{StreamExt, TryStreamExt};
@@ -39,6 +38,7 @@ use tonic::{Request, Response, Status};
 use crate::QueryEngine;
 use crate::error::{Error, Result};
 use crate::service::{DoGetStream, FlightState};
+use crate::table::EventsTable;
 
 /// The Flight SQL half of the service.
 #[derive(Clone)]
@@ -186,7 +186,7 @@ impl SqlService {
 #[doc(hidden)]
 pub async fn check_and_plan(engine: &QueryEngine, sql: &str) -> Result<()> {
     engine.check_sql(sql)?;
-    let df = plan_over(engine, Vec::new(), sql).await?;
+    let df = plan(engine, OrgSnapshot::default(), sql).await?;
     df.create_physical_plan()
         .await
         .map(|_| ())
@@ -194,24 +194,13 @@ pub async fn check_and_plan(engine: &QueryEngine, sql: &str) -> Result<()> {
 }
 
 /// A session holding only the caller's `events` table.
-async fn plan(
+pub(crate) async fn plan(
     engine: &QueryEngine,
     snapshot: OrgSnapshot,
     sql: &str,
 ) -> Result<datafusion::dataframe::DataFrame> {
-    let batches: Vec<RecordBatch> = snapshot.chunks().iter().map(|c| c.batch.clone()).collect();
-    plan_over(engine, batches, sql).await
-}
-
-async fn plan_over(
-    engine: &QueryEngine,
-    batches: Vec<RecordBatch>,
-    sql: &str,
-) -> Result<datafusion::dataframe::DataFrame> {
     let ctx = engine.session()?;
-    let table = MemTable::try_new(honeycell_storage::event_schema(), vec![batches])
-        .map_err(|e| Error::Sql(e.to_string()))?;
-    ctx.register_table("events", Arc::new(table))
+    ctx.register_table("events", Arc::new(EventsTable::new(snapshot)))
         .map_err(|e| Error::Sql(e.to_string()))?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)

@@ -74,6 +74,7 @@ pub mod fuzzing {
 pub use event::{
     EventType, InvalidEventType, NewEvent, build_batch, col, event_schema, normalize_batch,
 };
+pub use segment::SEGMENT_BATCH_ROWS;
 pub use store::{AppendAck, MaintenanceReport, OrgLog, OrgSnapshot, Store};
 pub use summary::{MAX_SUMMARY_ROWS, SegmentStats, Summary, SummaryRow};
 

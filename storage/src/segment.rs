@@ -26,7 +26,7 @@ use crate::summary::{self, FOOTER_KEY, SegmentStats, Summary};
 
 /// Rows per record batch inside a segment file: large enough for vectorised
 /// scans, small enough that a reader can skip by batch.
-pub(crate) const SEGMENT_BATCH_ROWS: usize = 65_536;
+pub const SEGMENT_BATCH_ROWS: usize = 65_536;
 
 pub(crate) fn segment_file_name(first: u64, end: u64) -> String {
     format!("seg-{first:020}-{end:020}.arrow")

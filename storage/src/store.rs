@@ -735,7 +735,8 @@ fn expired_prefix(segments: &[Segment], config: &StorageConfig, now_us: i64) -> 
 }
 
 /// An immutable view of an org's events: cheap to clone, `Send + Sync`.
-#[derive(Clone, Debug)]
+/// The default is an empty log.
+#[derive(Clone, Debug, Default)]
 pub struct OrgSnapshot {
     chunks: Arc<[Chunk]>,
     /// The sealed segments among `chunks`, in order (the unsealed tail

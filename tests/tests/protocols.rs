@@ -845,3 +845,149 @@ async fn doput_of_a_batch_larger_than_one_append() {
     assert_eq!(rows[n - 1].entity_id, format!("e-{}", n - 1));
     assert_eq!(server.count_http(&token).await, n);
 }
+
+/// Events as the README ingests them — many small HTTP batches — read back
+/// through Flight SQL in a few large batches, each exactly once; counts,
+/// time ranges and type filters right; `count(*)` without a scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_over_many_small_http_batches_serves_few_large_batches() {
+    let server = TestServer::new().await;
+    let token = server.token("small-batches", Role::Operator);
+    let mut sent: BTreeMap<String, Value> = BTreeMap::new();
+    for seed in 0..200 {
+        let events = gen_events(20, seed);
+        for (id, e) in server.ingest(&token, &events).await.into_iter().zip(events) {
+            assert!(sent.insert(id, e).is_none(), "duplicate event id");
+        }
+    }
+    assert_eq!(sent.len(), 4_000);
+    let at = |e: &Value| match &e["occurred_at"] {
+        Value::Number(n) => n.as_i64().expect("µs"),
+        Value::String(s) => parse_rfc3339_us(s),
+        other => panic!("occurred_at {other}"),
+    };
+
+    let batches = server
+        .sql(&token, "SELECT * FROM events")
+        .await
+        .expect("SELECT *");
+    let rows = Row::from_batches(&batches);
+    assert_eq!(rows.len(), 4_000, "every event once");
+    assert_eq!(
+        ids(rows.iter()),
+        sent.keys().cloned().collect::<BTreeSet<_>>()
+    );
+    // 200 appends of 20 rows; read back in one coalesced batch (the Flight
+    // encoder may split it at its message size). A table of the stored
+    // chunks served ≈20 here.
+    assert!(
+        batches.len() <= 4,
+        "{} batches: {:?}",
+        batches.len(),
+        batches
+            .iter()
+            .map(RecordBatch::num_rows)
+            .collect::<Vec<_>>()
+    );
+
+    let count = |batches: &[RecordBatch]| {
+        let c = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("a count");
+        c.value(0)
+    };
+    let all = server
+        .sql(&token, "SELECT count(*) FROM events")
+        .await
+        .expect("count");
+    assert_eq!(count(&all), 4_000);
+
+    // A time range: seeds 50 to 99 (an hour each, from BASE_US), half open.
+    let (since, until) = (BASE_US + 50 * 3_600_000_000, BASE_US + 100 * 3_600_000_000);
+    let q = format!(
+        "SELECT event_id FROM events WHERE occurred_at >= '{}' AND occurred_at < '{}'",
+        rfc3339_us(since),
+        rfc3339_us(until)
+    );
+    let got = event_ids(&server.sql(&token, &q).await.expect("time range"));
+    let want: BTreeSet<String> = sent
+        .iter()
+        .filter(|(_, e)| (since..until).contains(&at(e)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "{q}");
+
+    let got = event_ids(
+        &server
+            .sql(
+                &token,
+                "SELECT event_id FROM events WHERE entity_type = 'invoice'",
+            )
+            .await
+            .expect("entity type"),
+    );
+    let want: BTreeSet<String> = sent
+        .iter()
+        .filter(|(_, e)| e["entity_type"] == "invoice")
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(got, want);
+
+    // count(*) comes from the table's statistics: no scan in the plan.
+    let plan = server
+        .sql(&token, "EXPLAIN SELECT count(*) FROM events")
+        .await
+        .expect("EXPLAIN");
+    let text = plan_text(&plan);
+    assert!(text.contains("physical_plan"), "{text}");
+    assert!(!text.contains("EventsScan"), "{text}");
+    let plan = server
+        .sql(
+            &token,
+            "EXPLAIN SELECT count(*) FROM events WHERE entity_type = 'user'",
+        )
+        .await
+        .expect("EXPLAIN");
+    assert!(
+        plan_text(&plan).contains("EventsScan"),
+        "{}",
+        plan_text(&plan)
+    );
+}
+
+/// The first column's strings: the ids a `SELECT event_id` returned.
+fn event_ids(batches: &[RecordBatch]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for b in batches {
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("event ids");
+        for id in ids.iter().flatten() {
+            assert!(out.insert(id.to_owned()), "{id} twice");
+        }
+    }
+    out
+}
+
+/// The text of an EXPLAIN's rows.
+fn plan_text(batches: &[RecordBatch]) -> String {
+    let mut out = String::new();
+    for b in batches {
+        for c in b.columns() {
+            let s = c
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("EXPLAIN's text columns");
+            for v in s.iter().flatten() {
+                out.push_str(v);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}

@@ -1,9 +1,13 @@
-//! `flight-vs-json`: ingest N events, then fetch the identical result over
-//! Flight DoGet, Flight SQL, HTTP Arrow IPC, HTTP JSON and GraphQL; every
-//! path must return the same rows (count and a checksum of event ids) or the
-//! run fails. Beside it, ROAPI serves the same events (as Parquet) over
-//! Flight SQL, REST JSON and SQL over HTTP.
+//! `flight-vs-json`: ingest N events in one of three shapes (64k-row DoPut
+//! batches, 1,000-event HTTP POSTs, single-event HTTP POSTs), then fetch the
+//! identical result over Flight DoGet, Flight SQL, HTTP Arrow IPC, HTTP JSON
+//! and GraphQL, and time Flight SQL `SELECT count(*)`; every path must return
+//! the same rows (count and a checksum of event ids) or the run fails.
+//! Beside it, ROAPI serves the same events (as Parquet) over Flight SQL,
+//! REST JSON and SQL over HTTP.
 //!
+//! The shape matters because the server keeps appends as they came until
+//! they are sealed: a reader of small appends must not see small batches.
 //! Times include the client decoding every row and hashing its event id.
 //! The server's peak RSS is measured per path (the kernel's high-water mark
 //! is reset before each path).
@@ -17,13 +21,13 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::{FlightData, FlightDescriptor, Ticket};
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Deserialize;
 use serde_json::json;
 use tonic::transport::Channel;
 
 use super::roapi::{Roapi, write_parquet};
-use super::{Ctx, authed, doput, flight_client, median, thousands};
+use super::{Ctx, authed, doput, events_body, flight_client, median, thousands};
 use crate::report::Report;
 use crate::server::{Server, mb};
 
@@ -36,6 +40,19 @@ pub struct Seen {
     pub rows: u64,
     pub checksum: u64,
     pub bytes: u64,
+    /// Record batches received (Arrow paths; 0 for JSON).
+    pub batches: u64,
+}
+
+impl Seen {
+    /// The batch count for a report, `—` for JSON paths.
+    fn batches_text(&self) -> String {
+        if self.batches == 0 {
+            "—".to_owned()
+        } else {
+            thousands(self.batches as f64)
+        }
+    }
 }
 
 pub fn fnv(s: &str) -> u64 {
@@ -59,6 +76,7 @@ pub fn add_batch(seen: &mut Seen, b: &RecordBatch) -> anyhow::Result<()> {
         seen.checksum = seen.checksum.wrapping_add(fnv(id));
     }
     seen.rows += b.num_rows() as u64;
+    seen.batches += 1;
     Ok(())
 }
 
@@ -123,12 +141,68 @@ async fn fetch_batches(server: &Server, token: &str) -> anyhow::Result<Vec<Recor
 }
 
 async fn read_sql(server: &Server, token: &str) -> anyhow::Result<Seen> {
+    decode_stream(sql_stream(server, token, "SELECT * FROM events").await?).await
+}
+
+/// `SELECT count(*) FROM events` over Flight SQL.
+async fn count_sql(server: &Server, token: &str) -> anyhow::Result<u64> {
+    let stream = sql_stream(server, token, "SELECT count(*) FROM events").await?;
+    let batches: Vec<RecordBatch> =
+        arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            stream.map_err(arrow_flight::error::FlightError::from),
+        )
+        .try_collect()
+        .await?;
+    count_of(&batches)
+}
+
+/// The answer of a `SELECT count(*)`.
+pub fn count_of(batches: &[RecordBatch]) -> anyhow::Result<u64> {
+    let b = batches.first().context("count(*) returned no batch")?;
+    let c = b
+        .column(0)
+        .as_primitive_opt::<arrow::datatypes::Int64Type>()
+        .context("count(*) is not an Int64")?;
+    Ok(u64::try_from(c.value(0))?)
+}
+
+/// The median time of `runs` counts by `count`, each of which must be `n`.
+pub async fn timed_count<F, Fut>(
+    runs: usize,
+    n: usize,
+    what: &str,
+    mut count: F,
+) -> anyhow::Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let c = count()
+            .await
+            .with_context(|| format!("{what} count(*) at {n} events"))?;
+        times.push(t.elapsed().as_secs_f64());
+        if c != n as u64 {
+            bail!("{what} count(*) answered {c}, expected {n}");
+        }
+    }
+    Ok(median(times))
+}
+
+/// Flight SQL: execute `sql`, then DoGet at the owning cell.
+async fn sql_stream(
+    server: &Server,
+    token: &str,
+    sql: &str,
+) -> anyhow::Result<tonic::Streaming<FlightData>> {
     let channel = Channel::from_shared(server.flight.clone())?
         .connect()
         .await?;
     let mut client = FlightSqlServiceClient::new(channel);
     client.set_header("authorization", format!("Bearer {token}"));
-    let info = client.execute("SELECT * FROM events".into(), None).await?;
+    let info = client.execute(sql.into(), None).await?;
     let ep = info.endpoint.first().context("no endpoint")?;
     let loc = ep
         .location
@@ -138,7 +212,7 @@ async fn read_sql(server: &Server, token: &str) -> anyhow::Result<Seen> {
         .replace("grpc+tcp://", "http://");
     let mut owner = flight_client(&loc).await?;
     let ticket: Ticket = ep.ticket.clone().context("no ticket")?;
-    decode_stream(owner.do_get(authed(ticket, token)?).await?.into_inner()).await
+    Ok(owner.do_get(authed(ticket, token)?).await?.into_inner())
 }
 
 async fn read_http_arrow(server: &Server, token: &str) -> anyhow::Result<Seen> {
@@ -303,18 +377,178 @@ fn sizes(ctx: &Ctx) -> Vec<usize> {
     v
 }
 
+/// How the events are ingested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// One DoPut stream of 65,536-row batches (per million events).
+    DoPut,
+    /// `POST /v1/events` of 1,000 events each, as the README shows.
+    Http1000,
+    /// `POST /v1/events` of one event each.
+    HttpSingle,
+}
+
+/// Single-event ingest is slow (one fsync'd request per event): its size.
+const SINGLE_EVENTS: usize = 20_000;
+const SINGLE_EVENTS_QUICK: usize = 5_000;
+/// Requests in flight while ingesting over HTTP.
+const HTTP_CONCURRENCY: usize = 16;
+
+impl Shape {
+    const ALL: [Shape; 3] = [Shape::DoPut, Shape::Http1000, Shape::HttpSingle];
+
+    fn label(self) -> &'static str {
+        match self {
+            Shape::DoPut => "DoPut, 64k-row batches",
+            Shape::Http1000 => "HTTP, 1,000-event POSTs",
+            Shape::HttpSingle => "HTTP, single-event POSTs",
+        }
+    }
+
+    /// DoPut at every size; 1,000-event POSTs up to 1M; single events at
+    /// one small size only.
+    fn sizes(self, ctx: &Ctx) -> Vec<usize> {
+        let all = sizes(ctx);
+        match self {
+            Shape::DoPut => all,
+            Shape::Http1000 => {
+                let mut v: Vec<usize> = all.iter().copied().filter(|&n| n <= 1_000_000).collect();
+                if v.is_empty() {
+                    v.push(1_000_000);
+                }
+                v
+            }
+            Shape::HttpSingle => {
+                let cap = if ctx.quick {
+                    SINGLE_EVENTS_QUICK
+                } else {
+                    SINGLE_EVENTS
+                };
+                vec![all.last().copied().unwrap_or(cap).min(cap)]
+            }
+        }
+    }
+
+    async fn ingest(self, server: &Server, token: &str, n: usize) -> anyhow::Result<()> {
+        let per_request = match self {
+            Shape::DoPut => {
+                let chunk = 1_000_000;
+                for start in (0..n).step_by(chunk) {
+                    doput(server, token, chunk.min(n - start), 65_536).await?;
+                }
+                return Ok(());
+            }
+            Shape::Http1000 => 1_000,
+            Shape::HttpSingle => 1,
+        };
+        let client = reqwest::Client::new();
+        let url = format!("{}/v1/events", server.http);
+        let posts = (0..n).step_by(per_request).map(|start| {
+            let body = events_body(per_request.min(n - start), start as u64);
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("POST /v1/events answered {}", r.status());
+                }
+                anyhow::Ok(())
+            }
+        });
+        let mut done = futures::stream::iter(posts).buffer_unordered(HTTP_CONCURRENCY);
+        while let Some(r) = done.next().await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// One shape and size's Flight figures, for the summary across shapes.
+struct ShapeFigures {
+    shape: Shape,
+    n: usize,
+    doget: (f64, u64),
+    sql: (f64, u64),
+    count_s: f64,
+    json_s: f64,
+}
+
 pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
-    rep.line("\nIngest N events through DoPut (64k-row batches), then read all of them back over each path. Times include the client decoding every row and hashing its event id; JSON and GraphQL page at 10,000 rows. `peak RSS` is the server's VmHWM during that path (reset before it). Every path must return the same row count and checksum of event ids, or the run fails.\n");
+    rep.line(&format!("\nIngest N events in each of three shapes — one DoPut stream of 64k-row batches; `POST /v1/events` of 1,000 events (the README's way; sizes up to 1M); `POST /v1/events` of one event ({} events only: one request per event) — then read all of them back over each path and time Flight SQL `SELECT count(*) FROM events`. HTTP ingest keeps {HTTP_CONCURRENCY} requests in flight. Times include the client decoding every row and hashing its event id; JSON and GraphQL page at 10,000 rows; `batches` is the record batches the client received. `peak RSS` is the server's VmHWM during that path (reset before it). Every path must return the same row count and checksum of event ids, or the run fails.\n", thousands(if ctx.quick { SINGLE_EVENTS_QUICK } else { SINGLE_EVENTS } as f64)));
     if let Some(n) = ctx.target_note() {
         rep.line(n);
     }
-    let sizes = sizes(ctx);
-    let peer_n = sizes
+    let peer_n = sizes(ctx)
         .iter()
         .copied()
         .filter(|&n| n <= 1_000_000)
         .max()
         .unwrap_or(0);
+    let mut figures = Vec::new();
+    for shape in Shape::ALL {
+        rep.line(&format!("\n## Ingest: {}\n", shape.label()));
+        for n in shape.sizes(ctx) {
+            let f = one(
+                ctx,
+                rep,
+                shape,
+                n,
+                n == peer_n && shape != Shape::HttpSingle,
+            )
+            .await?;
+            figures.push(f);
+        }
+    }
+    summary(rep, &figures);
+    Ok(())
+}
+
+/// The figures of every shape side by side, and the HTTP shapes' Flight SQL
+/// against DoPut's at the same size.
+fn summary(rep: &mut Report, figures: &[ShapeFigures]) {
+    rep.line("\n## By ingest shape\n\n| ingest | events | DoGet (s) | DoGet batches | Flight SQL `SELECT *` (s) | SQL batches | `count(*)` (ms) | HTTP JSON (s) | SQL `SELECT *` / DoPut-ingested |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for f in figures {
+        let base = figures
+            .iter()
+            .find(|b| b.shape == Shape::DoPut && b.n == f.n)
+            .map(|b| b.sql.0);
+        let ratio = match (f.shape, base) {
+            (Shape::DoPut, _) => "—".to_owned(),
+            (_, Some(b)) => format!(
+                "{:.2}x (goal ≤ 1.2x: {})",
+                f.sql.0 / b,
+                if f.sql.0 / b <= 1.2 { "met" } else { "MISSED" }
+            ),
+            (_, None) => "— (no DoPut run at this size)".to_owned(),
+        };
+        rep.line(&format!(
+            "| {} | {} | {:.4} | {} | {:.4} | {} | {:.1} | {:.4} | {ratio} |",
+            f.shape.label(),
+            thousands(f.n as f64),
+            f.doget.0,
+            thousands(f.doget.1 as f64),
+            f.sql.0,
+            thousands(f.sql.1 as f64),
+            f.count_s * 1e3,
+            f.json_s,
+        ));
+    }
+}
+
+/// Ingests `n` events in `shape` on a fresh server and reads them back over
+/// every path; ROAPI beside it when `peer`.
+async fn one(
+    ctx: &Ctx,
+    rep: &mut Report,
+    shape: Shape,
+    n: usize,
+    peer_too: bool,
+) -> anyhow::Result<ShapeFigures> {
     let paths: [(&'static str, Reader); 5] = [
         ("Flight DoGet", |s, t| Box::pin(read_doget(s, t))),
         ("Flight SQL", |s, t| Box::pin(read_sql(s, t))),
@@ -322,86 +556,113 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         ("HTTP JSON", |s, t| Box::pin(read_http_json(s, t))),
         ("GraphQL", |s, t| Box::pin(read_graphql(s, t))),
     ];
-    for n in sizes {
-        let server = ctx.launcher.start(ctx.cells, &[]).await?;
-        // Against a target, each size gets its own org so sizes do not mix.
-        let org = if ctx.launcher.is_target() {
-            format!("{ORG}-{n}-{}", std::process::id())
-        } else {
-            ORG.to_owned()
-        };
-        let token = server.token(&org)?;
-        let t = Instant::now();
-        let chunk = 1_000_000;
-        for start in (0..n).step_by(chunk) {
-            doput(&server, &token, chunk.min(n - start), 65_536).await?;
-        }
-        let ingest_s = t.elapsed().as_secs_f64();
-        let runs = if n >= 5_000_000 { 1 } else { ctx.runs };
-        let mut rows: Vec<Row> = Vec::new();
-        for (name, read) in paths {
-            server.reset_peak();
-            let mut times = Vec::new();
-            let mut last = None;
-            for _ in 0..runs {
-                let t = Instant::now();
-                let seen = read(&server, &token)
-                    .await
-                    .with_context(|| format!("{name} at {n} events"))?;
-                times.push(t.elapsed().as_secs_f64());
-                if seen.rows != n as u64 {
-                    bail!("{name} returned {} rows, expected {n}", seen.rows);
-                }
-                last = Some(seen);
+    let server = ctx.launcher.start(ctx.cells, &[]).await?;
+    // Against a target, each size and shape gets its own org so they do
+    // not mix.
+    let org = if ctx.launcher.is_target() {
+        format!("{ORG}-{shape:?}-{n}-{}", std::process::id()).to_lowercase()
+    } else {
+        ORG.to_owned()
+    };
+    let token = server.token(&org)?;
+    let t = Instant::now();
+    shape
+        .ingest(&server, &token, n)
+        .await
+        .with_context(|| format!("ingest of {n} events, {}", shape.label()))?;
+    let ingest_s = t.elapsed().as_secs_f64();
+    let runs = if n >= 5_000_000 { 1 } else { ctx.runs };
+    let mut rows: Vec<Row> = Vec::new();
+    for (name, read) in paths {
+        server.reset_peak();
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let seen = read(&server, &token)
+                .await
+                .with_context(|| format!("{name} at {n} events"))?;
+            times.push(t.elapsed().as_secs_f64());
+            if seen.rows != n as u64 {
+                bail!("{name} returned {} rows, expected {n}", seen.rows);
             }
-            rows.push(Row {
-                path: name,
-                secs: median(times),
-                seen: last.context("no runs")?,
-                peak_rss: server.peak_rss(),
-            });
+            last = Some(seen);
         }
-        let reference = rows[0].seen.checksum;
-        for r in &rows {
-            if r.seen.checksum != reference {
-                bail!(
-                    "{} returned different rows (checksum {:x} vs {:x})",
-                    r.path,
-                    r.seen.checksum,
-                    reference
-                );
-            }
-        }
-        let base = rows[0].secs;
-        rep.line(&format!(
-            "\n### {} events ({} cells, median of {runs} runs; ingest took {ingest_s:.2} s)\n\n| path | time (s) | rows/s | MB on the wire | MB/s | time / DoGet | server peak RSS (MB) |\n|---|---:|---:|---:|---:|---:|---:|",
-            thousands(n as f64),
-            ctx.cells
-        ));
-        for r in &rows {
-            let mbytes = r.seen.bytes as f64 / 1e6;
-            rep.line(&format!(
-                "| {} | {:.4} | {} | {:.1} | {:.0} | {:.1}x | {} |",
+        rows.push(Row {
+            path: name,
+            secs: median(times),
+            seen: last.context("no runs")?,
+            peak_rss: server.peak_rss(),
+        });
+    }
+    let count_s = timed_count(runs, n, "Honeycell", || count_sql(&server, &token)).await?;
+    let reference = rows[0].seen.checksum;
+    for r in &rows {
+        if r.seen.checksum != reference {
+            bail!(
+                "{} returned different rows (checksum {:x} vs {:x})",
                 r.path,
-                r.secs,
-                thousands(n as f64 / r.secs),
-                mbytes,
-                mbytes / r.secs,
-                r.secs / base,
-                mb(r.peak_rss)
-            ));
-            rep.push_raw(json!({"events": n, "system": "honeycell", "path": r.path, "seconds": r.secs, "rows_per_s": n as f64 / r.secs, "bytes": r.seen.bytes, "rows": r.seen.rows, "checksum": format!("{:x}", r.seen.checksum), "server_peak_rss": r.peak_rss}));
-        }
-        rep.line(&format!(
-            "\nAll {} paths returned {n} rows with checksum `{reference:x}`.",
-            rows.len()
-        ));
-        if n == peer_n {
-            let hc: Vec<(&str, f64)> = rows.iter().map(|r| (r.path, n as f64 / r.secs)).collect();
-            peer(ctx, rep, &server, &token, n, reference, &hc).await?;
+                r.seen.checksum,
+                reference
+            );
         }
     }
-    Ok(())
+    let base = rows[0].secs;
+    rep.line(&format!(
+        "\n### {} events, {} ({} cells, median of {runs} runs; ingest took {ingest_s:.2} s)\n\n| path | time (s) | rows/s | batches | MB on the wire | MB/s | time / DoGet | server peak RSS (MB) |\n|---|---:|---:|---:|---:|---:|---:|---:|",
+        thousands(n as f64),
+        shape.label(),
+        ctx.cells
+    ));
+    for r in &rows {
+        let mbytes = r.seen.bytes as f64 / 1e6;
+        let batches = r.seen.batches_text();
+        rep.line(&format!(
+            "| {} | {:.4} | {} | {batches} | {:.1} | {:.0} | {:.1}x | {} |",
+            r.path,
+            r.secs,
+            thousands(n as f64 / r.secs),
+            mbytes,
+            mbytes / r.secs,
+            r.secs / base,
+            mb(r.peak_rss)
+        ));
+        rep.push_raw(json!({"events": n, "ingest": shape.label(), "system": "honeycell", "path": r.path, "seconds": r.secs, "rows_per_s": n as f64 / r.secs, "bytes": r.seen.bytes, "rows": r.seen.rows, "batches": r.seen.batches, "checksum": format!("{:x}", r.seen.checksum), "server_peak_rss": r.peak_rss}));
+    }
+    rep.push_raw(json!({"events": n, "ingest": shape.label(), "system": "honeycell", "path": "Flight SQL count(*)", "seconds": count_s}));
+    rep.line(&format!(
+        "\nAll {} paths returned {n} rows with checksum `{reference:x}`. Flight SQL `SELECT count(*) FROM events`: {:.1} ms.",
+        rows.len(),
+        count_s * 1e3
+    ));
+    let figures = ShapeFigures {
+        shape,
+        n,
+        doget: (rows[0].secs, rows[0].seen.batches),
+        sql: (rows[1].secs, rows[1].seen.batches),
+        count_s,
+        json_s: rows[3].secs,
+    };
+    if peer_too {
+        let hc = Honeycell {
+            n,
+            reference,
+            rates: rows.iter().map(|r| (r.path, n as f64 / r.secs)).collect(),
+            count_s,
+        };
+        peer(ctx, rep, &server, &token, &hc).await?;
+    }
+    Ok(figures)
+}
+
+/// Honeycell's figures that ROAPI's stand beside.
+struct Honeycell<'a> {
+    n: usize,
+    /// The checksum of event ids every path returned.
+    reference: u64,
+    /// Rows per second by path.
+    rates: Vec<(&'a str, f64)>,
+    count_s: f64,
 }
 
 /// ROAPI on the same events, beside Honeycell's figures.
@@ -410,10 +671,14 @@ async fn peer(
     rep: &mut Report,
     server: &Server,
     token: &str,
-    n: usize,
-    reference: u64,
-    hc: &[(&str, f64)],
+    hc: &Honeycell<'_>,
 ) -> anyhow::Result<()> {
+    let Honeycell {
+        n,
+        reference,
+        count_s,
+        ..
+    } = *hc;
     rep.line(&format!(
         "\n### Peer: ROAPI on the same {} events (Parquet)\n",
         thousands(n as f64)
@@ -506,11 +771,12 @@ async fn peer(
             peak_rss: roapi.peak_rss(),
         });
     }
-    rep.line("| path | time (s) | rows/s | MB on the wire | MB/s | ROAPI peak RSS (MB) |\n|---|---:|---:|---:|---:|---:|");
+    rep.line("| path | time (s) | rows/s | batches | MB on the wire | MB/s | ROAPI peak RSS (MB) |\n|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let mbytes = r.seen.bytes as f64 / 1e6;
+        let batches = r.seen.batches_text();
         rep.line(&format!(
-            "| {} | {:.4} | {} | {:.1} | {:.0} | {} |",
+            "| {} | {:.4} | {} | {batches} | {:.1} | {:.0} | {} |",
             r.path,
             r.secs,
             thousands(n as f64 / r.secs),
@@ -521,7 +787,8 @@ async fn peer(
         rep.push_raw(json!({"events": n, "system": "roapi", "path": r.path, "seconds": r.secs, "rows_per_s": n as f64 / r.secs, "bytes": r.seen.bytes, "rows": r.seen.rows, "peak_rss": r.peak_rss}));
     }
     let rate = |p: &str| {
-        hc.iter()
+        hc.rates
+            .iter()
             .find(|(k, _)| *k == p)
             .map_or(f64::NAN, |(_, v)| *v)
     };
@@ -546,6 +813,13 @@ async fn peer(
         cmp(rate("GraphQL"), best_json, 1.0),
         cmp(rate("GraphQL"), peer_rate("ROAPI GraphQL"), 1.0),
     ));
+    let roapi_count = timed_count(ctx.runs, n, "ROAPI", || roapi.count_flight_sql()).await?;
+    rep.line(&format!(
+        "`SELECT count(*) FROM events` over Flight SQL: Honeycell {:.1} ms, ROAPI {:.1} ms.",
+        count_s * 1e3,
+        roapi_count * 1e3
+    ));
+    rep.push_raw(json!({"events": n, "system": "roapi", "path": "ROAPI Flight SQL count(*)", "seconds": roapi_count}));
     if let Some(cpu) = roapi.cpu_secs() {
         rep.line(&format!("ROAPI used {cpu:.1} CPU-seconds in all."));
     }

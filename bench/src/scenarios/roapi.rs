@@ -19,7 +19,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use serde::Deserialize;
 use tonic::transport::Channel;
 
-use super::flight_vs_json::{Seen, decode_stream, fnv};
+use super::flight_vs_json::{Seen, count_of, decode_stream, fnv};
 use crate::server::{cpu_secs_of, peak_rss_of, reset_peak_of};
 
 /// A running ROAPI, killed on drop.
@@ -190,8 +190,25 @@ impl Roapi {
             seen.rows += s.rows;
             seen.checksum = seen.checksum.wrapping_add(s.checksum);
             seen.bytes += s.bytes;
+            seen.batches += s.batches;
         }
         Ok(seen)
+    }
+
+    /// `SELECT count(*) FROM events` over Flight SQL.
+    pub async fn count_flight_sql(&self) -> anyhow::Result<u64> {
+        use futures::TryStreamExt as _;
+        let channel = Channel::from_shared(self.flight_sql.clone())?
+            .connect()
+            .await?;
+        let mut client = FlightSqlServiceClient::new(channel);
+        let info = client
+            .execute("SELECT count(*) FROM events".into(), None)
+            .await?;
+        let ep = info.endpoint.first().context("no endpoint")?;
+        let ticket = ep.ticket.clone().context("no ticket")?;
+        let batches: Vec<RecordBatch> = client.do_get(ticket).await?.try_collect().await?;
+        count_of(&batches)
     }
 
     /// The whole table as JSON through REST (`GET /api/tables/events`).
