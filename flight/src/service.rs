@@ -256,7 +256,7 @@ impl HoneycellFlight {
                 honeycell_control::trace::TRACE_ID.scope(trace.clone(), async move {
                     let normalized =
                         honeycell_storage::normalize_batch(&ctx.org, &batch, now_us())?;
-                    let mut accepted = 0u64;
+                    let (mut accepted, mut duplicates) = (0u64, 0u64);
                     let mut first_offset = None;
                     let mut start = 0;
                     while start < normalized.num_rows() {
@@ -268,9 +268,14 @@ impl HoneycellFlight {
                             .map_err(|e| state.refused(&ctx, e))?;
                         first_offset.get_or_insert(ack.first_offset);
                         accepted += ack.rows;
+                        duplicates += ack.duplicates;
                         start += len;
                     }
-                    let meta = json!({ "accepted": accepted, "first_offset": first_offset });
+                    let meta = json!({
+                        "accepted": accepted,
+                        "duplicates": duplicates,
+                        "first_offset": first_offset,
+                    });
                     Ok(PutResult {
                         app_metadata: meta.to_string().into(),
                     })
