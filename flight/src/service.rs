@@ -244,8 +244,10 @@ impl HoneycellFlight {
             .try_filter_map(move |data| futures::future::ready(decoder.decode(&data)));
         // Each client batch is validated whole, then appended (split into
         // pieces of at most max_append_rows) and acknowledged with one
-        // PutResult once durable. A bad batch ends the stream with
-        // INVALID_ARGUMENT; batches acknowledged before it stay stored.
+        // PutResult once durable (`accepted` new events, `duplicates`
+        // whose event_id the org stored within storage.dedup_window). A bad
+        // batch ends the stream with INVALID_ARGUMENT; batches acknowledged
+        // before it stay stored.
         // The batches are handled as the response streams, outside the
         // call's trace scope: carry its trace id along for audit entries.
         let trace = honeycell_control::trace::current().unwrap_or_default();
