@@ -142,6 +142,7 @@ impl DedupIndex {
         self.window_us > 0 && self.max_ids > 0
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }

@@ -230,7 +230,7 @@ mod tests {
             ("order", "UPDATE", 60_000_000),
             ("user", "INSERT", -1),
         ]);
-        let s = summarise(&[b.clone()]).expect("a summary");
+        let s = summarise(std::slice::from_ref(&b)).expect("a summary");
         assert_eq!(s.bucket_us, MINUTE_US);
         let rows: Vec<_> = s
             .rows
