@@ -279,7 +279,14 @@ pub struct EventInput {
 
 #[derive(SimpleObject)]
 pub struct IngestResult {
+    /// Events stored by this request.
     accepted: u64,
+    /// Events not stored because an event with the same `eventId` was
+    /// stored within the server's dedup window (a retry); they count as
+    /// stored once, by the earlier request.
+    duplicates: u64,
+    /// The id of every event of the request, in order (a duplicate's is
+    /// the id it was stored under).
     event_ids: Vec<String>,
 }
 
@@ -344,6 +351,7 @@ impl MutationRoot {
             .map_err(ApiError::from)?;
         Ok(IngestResult {
             accepted: ack.rows,
+            duplicates: ack.duplicates,
             event_ids: ids,
         })
     }

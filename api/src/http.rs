@@ -149,7 +149,11 @@ pub async fn post_events(
         .collect();
     Ok((
         StatusCode::OK,
-        axum::Json(json!({ "accepted": ack.rows, "event_ids": ids })),
+        axum::Json(json!({
+            "accepted": ack.rows,
+            "duplicates": ack.duplicates,
+            "event_ids": ids,
+        })),
     )
         .into_response())
 }

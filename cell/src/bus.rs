@@ -41,8 +41,13 @@ pub fn authorize(ctx: &TenantContext, action: Action) -> Result<()> {
 /// An acknowledged write.
 #[derive(Clone, Copy, Debug)]
 pub struct IngestAck {
+    /// The offset of the first event stored.
     pub first_offset: u64,
+    /// Events stored.
     pub rows: u64,
+    /// Events of the batch not stored because their `event_id` was stored
+    /// within `storage.dedup_window` (idempotent ingest).
+    pub duplicates: u64,
     pub cell: CellId,
 }
 

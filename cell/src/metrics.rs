@@ -20,6 +20,9 @@ pub struct CellMetrics {
     requests: BTreeMap<(&'static str, u16), u64>,
     latency: BTreeMap<&'static str, Histogram<u64>>,
     pub events_ingested: u64,
+    /// Events not stored because their `event_id` was stored within
+    /// `storage.dedup_window`.
+    pub events_duplicate: u64,
     pub bytes_ingested: u64,
     pub rate_limited: BTreeMap<&'static str, u64>,
     pub admission_rejected: u64,
@@ -78,6 +81,7 @@ pub struct MetricsSnapshot {
     pub requests: Vec<(&'static str, u16, u64)>,
     pub latency: Vec<(&'static str, Histogram<u64>)>,
     pub events_ingested: u64,
+    pub events_duplicate: u64,
     pub bytes_ingested: u64,
     pub rate_limited: Vec<(&'static str, u64)>,
     pub admission_rejected: u64,
@@ -90,6 +94,7 @@ pub struct MetricsSnapshot {
     pub queue_depth: u64,
     pub orgs_open: u64,
     pub stored_bytes: u64,
+    pub dedup_evicted: u64,
 }
 
 impl CellMetrics {
@@ -103,6 +108,7 @@ impl CellMetrics {
                 .collect(),
             latency: self.latency.iter().map(|(r, h)| (*r, h.clone())).collect(),
             events_ingested: self.events_ingested,
+            events_duplicate: self.events_duplicate,
             bytes_ingested: self.bytes_ingested,
             rate_limited: self.rate_limited.iter().map(|(k, v)| (*k, *v)).collect(),
             admission_rejected: self.admission_rejected,
@@ -115,6 +121,7 @@ impl CellMetrics {
             queue_depth: 0,
             orgs_open: 0,
             stored_bytes: 0,
+            dedup_evicted: 0,
         }
     }
 }
@@ -182,12 +189,24 @@ pub fn render(cells: &[MetricsSnapshot]) -> String {
             }
         },
     );
-    let simple: [SimpleFamily; 12] = [
+    let simple: [SimpleFamily; 14] = [
         (
             "honeycell_events_ingested_total",
             "counter",
             "Events durably appended by the owning cell.",
             |c| c.events_ingested,
+        ),
+        (
+            "honeycell_events_duplicate_total",
+            "counter",
+            "Events not stored because their event_id was stored within storage.dedup_window.",
+            |c| c.events_duplicate,
+        ),
+        (
+            "honeycell_dedup_evicted_total",
+            "counter",
+            "Event ids forgotten before storage.dedup_window ended because an org held storage.dedup_max_ids; when it grows the effective window is shorter.",
+            |c| c.dedup_evicted,
         ),
         (
             "honeycell_bytes_ingested_total",

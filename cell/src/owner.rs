@@ -285,6 +285,7 @@ impl Owner {
         let ack = log.append(batch).await?;
         metrics::with(|m| {
             m.events_ingested += ack.rows as u64;
+            m.events_duplicate += ack.duplicates as u64;
             m.bytes_ingested += bytes;
         });
         if log.needs_maintenance(now_us()) {
@@ -293,6 +294,7 @@ impl Owner {
         Ok(IngestAck {
             first_offset: ack.first_offset,
             rows: ack.rows as u64,
+            duplicates: ack.duplicates as u64,
             cell: self.id,
         })
     }
@@ -344,6 +346,7 @@ impl Owner {
         let orgs = self.orgs.borrow();
         snap.orgs_open = orgs.len() as u64;
         snap.stored_bytes = orgs.values().map(OrgLog::stored_bytes).sum();
+        snap.dedup_evicted = self.store.dedup_evicted();
         snap
     }
 

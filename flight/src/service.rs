@@ -244,8 +244,10 @@ impl HoneycellFlight {
             .try_filter_map(move |data| futures::future::ready(decoder.decode(&data)));
         // Each client batch is validated whole, then appended (split into
         // pieces of at most max_append_rows) and acknowledged with one
-        // PutResult once durable. A bad batch ends the stream with
-        // INVALID_ARGUMENT; batches acknowledged before it stay stored.
+        // PutResult once durable (`accepted` new events, `duplicates`
+        // whose event_id the org stored within storage.dedup_window). A bad
+        // batch ends the stream with INVALID_ARGUMENT; batches acknowledged
+        // before it stay stored.
         // The batches are handled as the response streams, outside the
         // call's trace scope: carry its trace id along for audit entries.
         let trace = honeycell_control::trace::current().unwrap_or_default();
@@ -256,7 +258,7 @@ impl HoneycellFlight {
                 honeycell_control::trace::TRACE_ID.scope(trace.clone(), async move {
                     let normalized =
                         honeycell_storage::normalize_batch(&ctx.org, &batch, now_us())?;
-                    let mut accepted = 0u64;
+                    let (mut accepted, mut duplicates) = (0u64, 0u64);
                     let mut first_offset = None;
                     let mut start = 0;
                     while start < normalized.num_rows() {
@@ -268,9 +270,14 @@ impl HoneycellFlight {
                             .map_err(|e| state.refused(&ctx, e))?;
                         first_offset.get_or_insert(ack.first_offset);
                         accepted += ack.rows;
+                        duplicates += ack.duplicates;
                         start += len;
                     }
-                    let meta = json!({ "accepted": accepted, "first_offset": first_offset });
+                    let meta = json!({
+                        "accepted": accepted,
+                        "duplicates": duplicates,
+                        "first_offset": first_offset,
+                    });
                     Ok(PutResult {
                         app_metadata: meta.to_string().into(),
                     })

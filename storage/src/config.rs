@@ -45,6 +45,14 @@ pub struct StorageConfig {
     /// of seconds (integer or digit string). Absent: keep forever.
     #[serde(deserialize_with = "deserialize_retention")]
     pub retention: Option<Duration>,
+    /// How long a stored event's `event_id` is remembered, per org, so that
+    /// an event sent again with the same id is not stored twice (`dedup.rs`).
+    /// A humantime string or a number of seconds; `0` turns it off.
+    #[serde(deserialize_with = "deserialize_dedup_window")]
+    pub dedup_window: Duration,
+    /// The most event ids remembered per org; over it the oldest are
+    /// forgotten first, so under heavy ingest the window is shorter.
+    pub dedup_max_ids: usize,
 }
 
 impl Default for StorageConfig {
@@ -56,6 +64,8 @@ impl Default for StorageConfig {
             segment_max_bytes: 64 * 1024 * 1024,
             compact_below_rows: 16_384,
             retention: None,
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_max_ids: 1_000_000,
         }
     }
 }
@@ -97,25 +107,42 @@ impl StorageConfig {
                 reason: "must be longer than zero; leave it out to keep events forever".into(),
             });
         }
+        if self.dedup_window.as_micros() > i64::MAX as u128 {
+            return Err(Error::Config {
+                key: "dedup_window",
+                reason: "is too long; write e.g. \"24h\", or 0 to turn deduplication off".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// `dedup_window` in microseconds; 0 when deduplication is off.
+    pub(crate) fn dedup_window_us(&self) -> i64 {
+        i64::try_from(self.dedup_window.as_micros()).unwrap_or(i64::MAX)
     }
 }
 
 /// Parse a retention period: digits alone are seconds, anything else is a
 /// humantime duration such as `"30d"` or `"1h 30m"`.
 pub fn parse_retention(text: &str) -> Result<Duration> {
+    parse_duration("retention", text)
+}
+
+/// A duration in `[storage]`: digits alone are seconds, anything else is
+/// humantime; errors name `key`.
+fn parse_duration(key: &'static str, text: &str) -> Result<Duration> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse::<u64>()
             .map(Duration::from_secs)
             .map_err(|e| Error::Config {
-                key: "retention",
+                key,
                 reason: e.to_string(),
             });
     }
     humantime::parse_duration(text).map_err(|e| Error::Config {
-        key: "retention",
+        key,
         reason: format!("{e}; write e.g. \"30d\", \"12h\" or a number of seconds"),
     })
 }
@@ -133,5 +160,18 @@ fn deserialize_retention<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Dura
         Some(Repr::Text(t)) => parse_retention(&t)
             .map(Some)
             .map_err(serde::de::Error::custom),
+    }
+}
+
+fn deserialize_dedup_window<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Seconds(u64),
+        Text(String),
+    }
+    match Repr::deserialize(de)? {
+        Repr::Seconds(s) => Ok(Duration::from_secs(s)),
+        Repr::Text(t) => parse_duration("dedup_window", &t).map_err(serde::de::Error::custom),
     }
 }

@@ -36,6 +36,9 @@ pub(crate) type Reply<T> = oneshot::Sender<T>;
 pub(crate) enum Request {
     Open {
         org: OrgId,
+        /// Collect the ids of events ingested since then (`dedup.rs`);
+        /// `None`: deduplication is off.
+        dedup_since_us: Option<i64>,
         reply: Reply<Result<Recovered>>,
     },
     Append {
@@ -107,6 +110,9 @@ pub(crate) struct Recovered {
     pub memtable: Vec<Chunk>,
     pub end_offset: u64,
     pub shared: Arc<OrgShared>,
+    /// Event ids that may have been ingested within the dedup window, with
+    /// a time no earlier than their ingest, oldest first.
+    pub recent_ids: Vec<(i64, Vec<crate::dedup::Id>)>,
 }
 
 struct WalFile {
@@ -380,8 +386,12 @@ impl IoThread {
 
     fn handle(&mut self, req: Request) {
         match req {
-            Request::Open { org, reply } => {
-                let result = self.open(&org);
+            Request::Open {
+                org,
+                dedup_since_us,
+                reply,
+            } => {
+                let result = self.open(&org, dedup_since_us);
                 let _ = reply.send(result);
             }
             Request::Rotate { org, reply } => {
@@ -424,11 +434,14 @@ impl IoThread {
         }
     }
 
-    fn open(&mut self, org: &OrgId) -> Result<Recovered> {
+    fn open(&mut self, org: &OrgId, dedup_since_us: Option<i64>) -> Result<Recovered> {
         if self.orgs.remove(org).is_some() {
             tracing::warn!(org = %org, "org reopened; recovering it from disk again");
         }
-        let (io, recovered) = recover(&self.data_dir, org)?;
+        let (io, mut recovered) = recover(&self.data_dir, org)?;
+        if let Some(since) = dedup_since_us {
+            recovered.recent_ids = recent_ids(&recovered, since);
+        }
         self.orgs.insert(org.clone(), io);
         Ok(recovered)
     }
@@ -860,8 +873,48 @@ fn recover(data_dir: &Path, org: &OrgId) -> Result<(OrgIo, Recovered)> {
             memtable,
             end_offset,
             shared,
+            recent_ids: Vec::new(),
         },
     ))
+}
+
+/// The ids of the recovered events that may have been ingested since
+/// `since_us`, for the dedup index: those of every segment whose file was
+/// modified since then (written when sealed, rewritten when compacted, so
+/// never before its rows were ingested), taken as ingested at that time,
+/// and those replayed from the WAL, taken as ingested now. Only the
+/// `event_id` column is read.
+fn recent_ids(recovered: &Recovered, since_us: i64) -> Vec<(i64, Vec<crate::dedup::Id>)> {
+    let mut out = Vec::new();
+    for segment in &recovered.segments {
+        let modified_us = fs::metadata(&segment.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(i64::MAX, |d| {
+                i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+            });
+        if modified_us < since_us {
+            continue;
+        }
+        let at = modified_us.min(honeycell_types::now_us());
+        for chunk in &segment.chunks {
+            let ids = crate::dedup::batch_ids(&chunk.batch)
+                .into_iter()
+                .flatten()
+                .collect();
+            out.push((at, ids));
+        }
+    }
+    let now = honeycell_types::now_us();
+    for chunk in &recovered.memtable {
+        let ids = crate::dedup::batch_ids(&chunk.batch)
+            .into_iter()
+            .flatten()
+            .collect();
+        out.push((now, ids));
+    }
+    out
 }
 
 /// Most threads used to fsync one commit's files at once.

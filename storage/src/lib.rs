@@ -41,6 +41,7 @@
 //! thread, `wal.rs` for the frame format and `segment.rs` for the mmap path.
 
 mod config;
+mod dedup;
 mod error;
 mod event;
 mod io;

@@ -19,10 +19,11 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 
 use arrow_array::RecordBatch;
-use honeycell_types::OrgId;
+use honeycell_types::{OrgId, now_us};
 use tokio::sync::{OnceCell, oneshot};
 
 use crate::config::StorageConfig;
+use crate::dedup::{DedupIndex, batch_ids};
 use crate::error::{Error, Result};
 use crate::event::check_stored_schema;
 use crate::io::{DropOutcome, IoCounters, IoThread, OrgShared, Request};
@@ -33,8 +34,14 @@ use crate::{Chunk, wal};
 /// What an append wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendAck {
+    /// The offset of the first row stored (where the next would go when
+    /// none was).
     pub first_offset: u64,
+    /// Rows stored: the batch's rows less its duplicates.
     pub rows: usize,
+    /// Rows not stored because their `event_id` was stored within the
+    /// dedup window (`dedup.rs`).
+    pub duplicates: usize,
     /// Bytes added to the WAL.
     pub bytes: u64,
 }
@@ -65,6 +72,9 @@ struct Shared {
     counters: Arc<IoCounters>,
     /// Bytes in all orgs' memtables (published, not yet sealed).
     memtable_bytes: Cell<u64>,
+    /// Event ids the orgs' dedup indexes forgot early to stay within
+    /// `dedup_max_ids`.
+    dedup_evicted: Cell<u64>,
 }
 
 impl Shared {
@@ -157,6 +167,7 @@ impl Store {
                 config,
                 counters,
                 memtable_bytes: Cell::new(0),
+                dedup_evicted: Cell::new(0),
             }),
             data_dir: data_dir.to_owned(),
             orgs: RefCell::new(HashMap::new()),
@@ -180,6 +191,8 @@ impl Store {
                     .shared
                     .request(|reply| Request::Open {
                         org: org.clone(),
+                        dedup_since_us: (self.shared.config.dedup_window_us() > 0)
+                            .then(|| now_us().saturating_sub(self.shared.config.dedup_window_us())),
                         reply,
                     })
                     .await??;
@@ -224,6 +237,13 @@ impl Store {
     /// Appends sent to the I/O thread and not yet answered.
     pub fn queued_writes(&self) -> usize {
         self.shared.counters.queued_writes.load(Ordering::Acquire)
+    }
+
+    /// Event ids forgotten before the end of `dedup_window` because an org
+    /// held `dedup_max_ids` (a metric: when it grows, the effective window
+    /// is shorter than configured).
+    pub fn dedup_evicted(&self) -> u64 {
+        self.shared.dedup_evicted.get()
     }
 
     /// WAL fsyncs done so far (a metric; with group commit it grows slower
@@ -324,6 +344,8 @@ pub(crate) struct OrgState {
     failed: Option<String>,
     maintaining: bool,
     snapshot: Option<OrgSnapshot>,
+    /// Ids stored within the dedup window.
+    dedup: DedupIndex,
 }
 
 impl OrgState {
@@ -351,6 +373,14 @@ impl OrgLog {
         store
             .memtable_bytes
             .set(store.memtable_bytes.get() + memtable_bytes);
+        let config = &store.config;
+        let mut dedup = DedupIndex::new(config.dedup_window_us(), config.dedup_max_ids);
+        dedup.expire(now_us());
+        let mut evicted = 0;
+        for (at, ids) in recovered.recent_ids {
+            evicted += dedup.restore(at, ids);
+        }
+        store.dedup_evicted.set(store.dedup_evicted.get() + evicted);
         let state = OrgState {
             segments: recovered.segments,
             memtable: recovered.memtable,
@@ -362,6 +392,7 @@ impl OrgLog {
             failed: None,
             maintaining: false,
             snapshot: None,
+            dedup,
         };
         OrgLog {
             inner: Rc::new(OrgInner {
@@ -386,10 +417,15 @@ impl OrgLog {
     /// [`crate::normalize_batch`]). Resolves once durable under the
     /// configured durability; from then on snapshots include it. Offsets are
     /// taken when the future is first polled.
+    ///
+    /// Rows whose `event_id` was stored within the dedup window are dropped
+    /// and counted in [`AppendAck::duplicates`] (`dedup.rs`). An append
+    /// that drops rows still resolves only once everything issued before it
+    /// is durable, so a retry racing its original is not acknowledged
+    /// before the original, and fails if the original does.
     pub async fn append(&self, batch: RecordBatch) -> Result<AppendAck> {
         check_stored_schema(&batch)?;
-        let rows = batch.num_rows();
-        let (first_offset, bytes, answer) = {
+        let (first_offset, rows, duplicates, bytes, answer, batch) = {
             let mut st = self.inner.state.borrow_mut();
             if let Some(reason) = &st.failed {
                 return Err(Error::OrgFailed {
@@ -397,15 +433,31 @@ impl OrgLog {
                     reason: reason.clone(),
                 });
             }
+            let (batch, duplicates) = self.drop_duplicates(&mut st, batch)?;
+            let rows = batch.num_rows();
             let first_offset = st.next_offset;
-            if rows == 0 {
+            let durable = self.inner.io.durable_end.load(Ordering::Acquire);
+            // A batch of duplicates only waits for what is in flight (their
+            // originals may be among it): an empty frame is answered once
+            // the org's earlier appends are durable.
+            if rows == 0 && (duplicates == 0 || durable >= first_offset) {
                 return Ok(AppendAck {
                     first_offset,
                     rows,
+                    duplicates,
                     bytes: 0,
                 });
             }
-            let frame = wal::encode_frame(first_offset, &batch)?;
+            let frame = match rows {
+                0 => Vec::new(),
+                _ => match wal::encode_frame(first_offset, &batch) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        st.dedup.forget(batch_ids(&batch).into_iter().flatten());
+                        return Err(e);
+                    }
+                },
+            };
             let bytes = frame.len() as u64;
             let (reply, answer) = oneshot::channel();
             let counters = &self.inner.store.counters;
@@ -421,14 +473,17 @@ impl OrgLog {
             if sent.is_err() {
                 counters.queued_writes.fetch_sub(1, Ordering::AcqRel);
                 counters.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                st.dedup.forget(batch_ids(&batch).into_iter().flatten());
                 return Err(Error::Closed);
             }
             st.next_offset += rows as u64;
-            st.inflight.push_back(Chunk {
-                first_offset,
-                batch,
-            });
-            (first_offset, bytes, answer)
+            if rows > 0 {
+                st.inflight.push_back(Chunk {
+                    first_offset,
+                    batch: batch.clone(),
+                });
+            }
+            (first_offset, rows, duplicates, bytes, answer, batch)
         };
         let result = answer.await.unwrap_or(Err(Error::Closed));
         match result {
@@ -437,6 +492,7 @@ impl OrgLog {
                 Ok(AppendAck {
                     first_offset,
                     rows,
+                    duplicates,
                     bytes,
                 })
             }
@@ -446,7 +502,40 @@ impl OrgLog {
                 // too, so none of it may become visible.
                 st.inflight.retain(|c| c.first_offset < first_offset);
                 st.failed.get_or_insert_with(|| e.to_string());
+                st.dedup.forget(batch_ids(&batch).into_iter().flatten());
                 Err(e)
+            }
+        }
+    }
+
+    /// Remembers the batch's ids in the dedup index and drops the rows
+    /// seen before; the batch to store and the number dropped.
+    fn drop_duplicates(
+        &self,
+        st: &mut OrgState,
+        batch: RecordBatch,
+    ) -> Result<(RecordBatch, usize)> {
+        if !st.dedup.enabled() || batch.num_rows() == 0 {
+            return Ok((batch, 0));
+        }
+        let ids = batch_ids(&batch);
+        let mut keep = Vec::with_capacity(ids.len());
+        let (duplicates, evicted) = st.dedup.admit(&ids, now_us(), &mut keep);
+        let shared = &self.inner.store;
+        shared
+            .dedup_evicted
+            .set(shared.dedup_evicted.get() + evicted);
+        if duplicates == 0 {
+            return Ok((batch, 0));
+        }
+        let mask = arrow_array::BooleanArray::from(keep);
+        match arrow_select::filter::filter_record_batch(&batch, &mask) {
+            Ok(kept) => Ok((kept, duplicates)),
+            Err(e) => {
+                let admitted = ids.iter().zip(mask.values().iter());
+                st.dedup
+                    .forget(admitted.filter_map(|(id, kept)| id.filter(|_| kept)));
+                Err(e.into())
             }
         }
     }

@@ -1061,3 +1061,167 @@ fn draining_a_seal_cuts_a_chunk_coalesced_across_its_end() {
     let (rows, _) = crate::store::drain_sealed(&mut memtable, 10);
     assert_eq!((rows, memtable.len()), (6, 0));
 }
+
+/// Events `from..to` with client ids (the same id for the same number).
+fn with_ids(o: &OrgId, range: std::ops::Range<usize>, tag: &str) -> RecordBatch {
+    let events: Vec<NewEvent> = range
+        .map(|i| NewEvent {
+            event_id: Some(format!("00000000-0000-4000-8000-{i:012}")),
+            entity_id: format!("{tag}-{i}"),
+            ..events(1, tag, None).remove(0)
+        })
+        .collect();
+    build_batch(o, &events, NOW).unwrap()
+}
+
+fn ack(a: &AppendAck) -> (usize, usize) {
+    (a.rows, a.duplicates)
+}
+
+#[tokio::test]
+async fn a_resent_event_id_is_stored_once_per_org_also_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, other) = (org("acme"), org("other"));
+    let store = open(dir.path(), StorageConfig::default());
+    let log = store.org(&o).await.unwrap();
+    assert_eq!(
+        ack(&log.append(with_ids(&o, 0..3, "a")).await.unwrap()),
+        (3, 0)
+    );
+    assert_eq!(
+        ack(&log.append(with_ids(&o, 0..3, "b")).await.unwrap()),
+        (0, 3)
+    );
+    let partial = log.append(with_ids(&o, 2..5, "c")).await.unwrap();
+    assert_eq!(
+        (partial.first_offset, partial.rows, partial.duplicates),
+        (3, 2, 1)
+    );
+    // Events without an id are never duplicates.
+    assert_eq!(ack(&log.append(batch(&o, 2, "n")).await.unwrap()), (2, 0));
+    assert_eq!(ack(&log.append(batch(&o, 2, "n")).await.unwrap()), (2, 0));
+    // Per org.
+    let other_log = store.org(&other).await.unwrap();
+    assert_eq!(
+        ack(&other_log.append(with_ids(&other, 0..3, "a")).await.unwrap()),
+        (3, 0)
+    );
+    assert_eq!(
+        entity_ids(&log.snapshot()),
+        [
+            "a-0", "a-1", "a-2", "c-3", "c-4", "n-0", "n-1", "n-0", "n-1"
+        ]
+    );
+    // Some in a segment, some in the WAL only.
+    log.maintain(NOW, true).await.unwrap();
+    assert_eq!(
+        ack(&log.append(with_ids(&o, 5..7, "d")).await.unwrap()),
+        (2, 0)
+    );
+    store.shutdown().await.unwrap();
+    drop((log, other_log));
+
+    let store = open(dir.path(), StorageConfig::default());
+    let log = store.org(&o).await.unwrap();
+    assert_eq!(
+        ack(&log.append(with_ids(&o, 0..8, "e")).await.unwrap()),
+        (1, 7)
+    );
+    assert_eq!(log.event_count(), 12);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_segment_sealed_before_the_window_is_not_reread() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = org("acme");
+    let config = StorageConfig {
+        dedup_window: Duration::from_secs(3600),
+        ..StorageConfig::default()
+    };
+    let store = open(dir.path(), config.clone());
+    let log = store.org(&o).await.unwrap();
+    log.append(with_ids(&o, 0..3, "a")).await.unwrap();
+    log.maintain(NOW, true).await.unwrap();
+    store.shutdown().await.unwrap();
+    drop(log);
+    let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for name in files(dir.path(), &o, "segments") {
+        let path = dir.path().join("orgs/acme/segments").join(name);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let store = open(dir.path(), config);
+    let log = store.org(&o).await.unwrap();
+    assert_eq!(
+        ack(&log.append(with_ids(&o, 0..3, "b")).await.unwrap()),
+        (3, 0)
+    );
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_racing_its_original_answers_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = org("acme");
+    let store = open(dir.path(), StorageConfig::default());
+    let log = store.org(&o).await.unwrap();
+    let release = store.hold_io_for_tests();
+    let mut original = Box::pin(log.append(with_ids(&o, 0..2, "a")));
+    assert!(futures_poll_once(original.as_mut()).await.is_none());
+    let mut retry = Box::pin(log.append(with_ids(&o, 0..2, "a")));
+    assert!(
+        futures_poll_once(retry.as_mut()).await.is_none(),
+        "a retry of an append in flight waits for it"
+    );
+    drop(release);
+    assert_eq!(ack(&original.await.unwrap()), (2, 0));
+    assert_eq!(ack(&retry.await.unwrap()), (0, 2));
+    assert_eq!(entity_ids(&log.snapshot()), ["a-0", "a-1"]);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_zero_dedup_window_stores_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = org("acme");
+    let config = StorageConfig {
+        dedup_window: Duration::ZERO,
+        ..StorageConfig::default()
+    };
+    let store = open(dir.path(), config);
+    let log = store.org(&o).await.unwrap();
+    log.append(with_ids(&o, 0..2, "a")).await.unwrap();
+    assert_eq!(
+        ack(&log.append(with_ids(&o, 0..2, "a")).await.unwrap()),
+        (2, 0)
+    );
+    store.shutdown().await.unwrap();
+}
+
+#[test]
+fn config_parses_the_dedup_window() {
+    let parse = |json: &str| serde_json::from_str::<StorageConfig>(json);
+    assert_eq!(
+        StorageConfig::default().dedup_window,
+        Duration::from_secs(86_400)
+    );
+    assert_eq!(
+        parse(r#"{"dedup_window":"2s"}"#).unwrap().dedup_window,
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        parse(r#"{"dedup_window":0}"#).unwrap().dedup_window,
+        Duration::ZERO
+    );
+    assert_eq!(
+        parse(r#"{"dedup_window":"0"}"#).unwrap().dedup_window,
+        Duration::ZERO
+    );
+    let err = parse(r#"{"dedup_window":"soon"}"#).unwrap_err().to_string();
+    assert!(err.contains("dedup_window"), "{err}");
+}

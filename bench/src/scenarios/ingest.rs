@@ -5,15 +5,22 @@
 //! saturation; throughput from a closed-loop run (workers back to back).
 //! Every request is acknowledged only once durable (fsync mode) or written
 //! (interval mode). A fifth line keeps the single-stream DoPut figure
-//! (64k-row batches), the path the ≥ 1M events/s goal is about.
+//! (64k-row batches), the path the ≥ 1M events/s goal is about. A last
+//! section measures what idempotent ingest costs on that path: the same
+//! stream with a client `event_id` on every event, against a server with
+//! `storage.dedup_window = 0` (off) and one with the default (on), in
+//! alternating rounds of the same run.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use anyhow::bail;
+use arrow::array::{Array, RecordBatch, StringArray};
+
 use super::{
     Ctx, doput, doput_batches, events_body, flight_client, graphql, grpc_outcome, http_client,
-    json_events, make_batch, post_events, thousands,
+    json_events, make_batch, median, post_events, thousands,
 };
 use crate::load::{self, Outcome, RunStats};
 use crate::report::{Report, class_table, run_json};
@@ -263,5 +270,95 @@ pub async fn run(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         &lat_series,
     );
     rep.line(&all_details);
+    dedup_cost(ctx, rep, stream_n).await
+}
+
+/// DoPut events/s with client event ids, deduplication off and on.
+async fn dedup_cost(ctx: &Ctx, rep: &mut Report, n: usize) -> anyhow::Result<()> {
+    let rounds = if ctx.quick { 1 } else { ctx.runs.max(3) };
+    let windows = [("0 (off)", "0"), ("24h (default, on)", "24h")];
+    let mut servers = Vec::new();
+    for (_, window) in windows {
+        let env = [
+            ("HONEYCELL_STORAGE__DURABILITY", "interval".to_owned()),
+            ("HONEYCELL_STORAGE__DEDUP_WINDOW", window.to_owned()),
+        ];
+        let server = ctx.launcher.start(1, &env).await?;
+        let token = server.token("bench-ingest-dedup")?;
+        servers.push((server, token));
+    }
+    let mut rates = vec![Vec::new(); windows.len()];
+    for round in 0..rounds {
+        for (w, (server, token)) in servers.iter().enumerate() {
+            let batches = batches_with_ids(n, 65_536, round * windows.len() + w)?;
+            let mut client = flight_client(&server.flight).await?;
+            let started = std::time::Instant::now();
+            let accepted = doput_batches(&mut client, token, batches).await?;
+            let secs = started.elapsed().as_secs_f64();
+            if accepted != n as u64 {
+                bail!("DoPut with event ids acknowledged {accepted} of {n} events");
+            }
+            rates[w].push(n as f64 / secs);
+        }
+    }
+    let (off, on) = (median(rates[0].clone()), median(rates[1].clone()));
+    let mut table = String::from(
+        "| storage.dedup_window | events/s (median) | every round | vs off |\n|---|---:|---|---:|\n",
+    );
+    for ((label, _), r) in windows.iter().zip(&rates) {
+        let each: Vec<String> = r.iter().map(|x| thousands(*x)).collect();
+        table.push_str(&format!(
+            "| {label} | {} | {} | {:+.1} % |\n",
+            thousands(median(r.clone())),
+            each.join(", "),
+            (median(r.clone()) / off - 1.0) * 100.0
+        ));
+    }
+    rep.line(&format!(
+        "\n## Idempotent ingest's cost\n\nOne DoPut stream of 64k-row batches ({} events, each with its own client `event_id`, none repeated), durability `interval`, {rounds} alternating round(s) per setting; goal: on within 10 % of off.\n\n{table}",
+        thousands(n as f64)
+    ));
+    if let Some(note) = ctx.target_note() {
+        rep.line(note);
+    }
+    rep.push_raw(json!({"path": "DoPut one stream 64k batches, client event ids", "dedup_off_events_per_s": rates[0], "dedup_on_events_per_s": rates[1], "cost": 1.0 - on / off}));
     Ok(())
+}
+
+/// `n` events in `batch`-row batches, each with a client event id unique
+/// to this call (`salt` and the clock in the high bits).
+fn batches_with_ids(n: usize, batch: usize, salt: usize) -> anyhow::Result<Vec<RecordBatch>> {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let high = (u128::from(clock) << 64) | ((salt as u128) << 40);
+    (0..n)
+        .step_by(batch.max(1))
+        .map(|start| {
+            let b = make_batch(start, batch.min(n - start))?;
+            let ids = StringArray::from_iter_values((start..start + b.num_rows()).map(|i| {
+                let hex = format!("{:032x}", high | i as u128);
+                format!(
+                    "{}-{}-{}-{}-{}",
+                    &hex[..8],
+                    &hex[8..12],
+                    &hex[12..16],
+                    &hex[16..20],
+                    &hex[20..]
+                )
+            }));
+            let mut fields = b.schema().fields().to_vec();
+            fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+                "event_id",
+                ids.data_type().clone(),
+                false,
+            )));
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(ids));
+            Ok(RecordBatch::try_new(
+                Arc::new(arrow::datatypes::Schema::new(fields)),
+                columns,
+            )?)
+        })
+        .collect()
 }
