@@ -147,31 +147,29 @@ fn parse_duration(key: &'static str, text: &str) -> Result<Duration> {
     })
 }
 
-fn deserialize_retention<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Seconds(u64),
-        Text(String),
-    }
-    match Option::<Repr>::deserialize(de)? {
-        None => Ok(None),
-        Some(Repr::Seconds(s)) => Ok(Some(Duration::from_secs(s))),
-        Some(Repr::Text(t)) => parse_retention(&t)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
+/// How `[storage]` durations are written: seconds or humantime text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationRepr {
+    fn parse<E: serde::de::Error>(self, key: &'static str) -> Result<Duration, E> {
+        match self {
+            DurationRepr::Seconds(s) => Ok(Duration::from_secs(s)),
+            DurationRepr::Text(t) => parse_duration(key, &t).map_err(E::custom),
+        }
     }
 }
 
+fn deserialize_retention<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    Option::<DurationRepr>::deserialize(de)?
+        .map(|r| r.parse("retention"))
+        .transpose()
+}
+
 fn deserialize_dedup_window<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Seconds(u64),
-        Text(String),
-    }
-    match Repr::deserialize(de)? {
-        Repr::Seconds(s) => Ok(Duration::from_secs(s)),
-        Repr::Text(t) => parse_duration("dedup_window", &t).map_err(serde::de::Error::custom),
-    }
+    DurationRepr::deserialize(de)?.parse("dedup_window")
 }

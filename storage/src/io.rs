@@ -885,6 +885,13 @@ fn recover(data_dir: &Path, org: &OrgId) -> Result<(OrgIo, Recovered)> {
 /// and those replayed from the WAL, taken as ingested now. Only the
 /// `event_id` column is read.
 fn recent_ids(recovered: &Recovered, since_us: i64) -> Vec<(i64, Vec<crate::dedup::Id>)> {
+    let ids = |chunk: &Chunk| {
+        crate::dedup::batch_ids(&chunk.batch)
+            .into_iter()
+            .flatten()
+            .collect()
+    };
+    let now = honeycell_types::now_us();
     let mut out = Vec::new();
     for segment in &recovered.segments {
         let modified_us = fs::metadata(&segment.path)
@@ -894,26 +901,12 @@ fn recent_ids(recovered: &Recovered, since_us: i64) -> Vec<(i64, Vec<crate::dedu
             .map_or(i64::MAX, |d| {
                 i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
             });
-        if modified_us < since_us {
-            continue;
-        }
-        let at = modified_us.min(honeycell_types::now_us());
-        for chunk in &segment.chunks {
-            let ids = crate::dedup::batch_ids(&chunk.batch)
-                .into_iter()
-                .flatten()
-                .collect();
-            out.push((at, ids));
+        if modified_us >= since_us {
+            let at = modified_us.min(now);
+            out.extend(segment.chunks.iter().map(|c| (at, ids(c))));
         }
     }
-    let now = honeycell_types::now_us();
-    for chunk in &recovered.memtable {
-        let ids = crate::dedup::batch_ids(&chunk.batch)
-            .into_iter()
-            .flatten()
-            .collect();
-        out.push((now, ids));
-    }
+    out.extend(recovered.memtable.iter().map(|c| (now, ids(c))));
     out
 }
 

@@ -207,45 +207,31 @@ async fn every_path_stores_a_resent_event_once() {
     );
 }
 
+/// Sends ids 1 and 2 (shifted per path, so that each path has its own) on
+/// every path; asserts what each answers.
+async fn send_on_every_path(server: &TestServer, token: &str, accepted: u64, when: &str) {
+    for path in PATHS {
+        let ids = [Some(1 + path as u32 * 10), Some(2 + path as u32 * 10)];
+        assert_eq!(
+            send(server, token, path, &ids).await,
+            expect(path, answer(accepted, 2 - accepted, &ids)),
+            "{path:?} {when}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_after_a_restart_is_still_recognised() {
     let mut server = TestServer::builder().cells(2).start().await;
     let token = server.token("idem-restart", Role::Operator);
-    let ids = [Some(1), Some(2)];
-    for path in PATHS {
-        let ids: Vec<Option<u32>> = ids
-            .iter()
-            .map(|n| n.map(|n| n + path as u32 * 10))
-            .collect();
-        assert_eq!(send(&server, &token, path, &ids).await.accepted, 2);
-    }
+    send_on_every_path(&server, &token, 2, "first").await;
     // The ids are in the WAL only: recovered after kill -9.
     server.restart().await;
-    for path in PATHS {
-        let ids: Vec<Option<u32>> = ids
-            .iter()
-            .map(|n| n.map(|n| n + path as u32 * 10))
-            .collect();
-        assert_eq!(
-            send(&server, &token, path, &ids).await,
-            expect(path, answer(0, 2, &ids)),
-            "{path:?} after kill -9"
-        );
-    }
+    send_on_every_path(&server, &token, 0, "after kill -9").await;
     // A clean stop seals them into segments: read back from those.
     assert!(server.sigterm().await.success());
     server.restart().await;
-    for path in PATHS {
-        let ids: Vec<Option<u32>> = ids
-            .iter()
-            .map(|n| n.map(|n| n + path as u32 * 10))
-            .collect();
-        assert_eq!(
-            send(&server, &token, path, &ids).await,
-            expect(path, answer(0, 2, &ids)),
-            "{path:?} after a clean restart"
-        );
-    }
+    send_on_every_path(&server, &token, 0, "after a clean restart").await;
     assert_eq!(server.count_http(&token).await, 8);
 }
 
