@@ -23,8 +23,8 @@
 //! `query_seconds_per_minute`, else `flight_sql.org_query_seconds_per_minute`
 //! (a token bucket holding at most `query_timeout`, so that one query of
 //! the longest kind can always start from a full bucket). Every query's
-//! computing time (planning and producing batches, not waiting for the
-//! client) is charged as it is spent; once the org's bucket is empty its
+//! computing time (the CPU time of planning and producing batches: not
+//! waiting for the client, nor for a core) is charged as it is spent; once the org's bucket is empty its
 //! next query is refused with RESOURCE_EXHAUSTED and a `retry-after` of the
 //! time the bucket needs to refill past zero. Concurrency limits bound how
 //! much of the pool an org holds at one moment; the budget bounds how much

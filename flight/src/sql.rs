@@ -66,8 +66,8 @@ impl SqlService {
 
     /// Plans `sql` against the caller's snapshot on the query pool and
     /// returns the result schema and a stream of batches. The query holds
-    /// its admission (`engine.rs`) until it ends and is charged its
-    /// computing time as it goes; it is stopped when it has computed for
+    /// its admission (`engine.rs`) until it ends and is charged the CPU time
+    /// of its polls as it goes; it is stopped when it has computed for
     /// `flight_sql.query_timeout` or its client went away.
     async fn run(
         &self,
@@ -88,8 +88,17 @@ impl SqlService {
         let ctx = ctx.clone();
         engine.pool().clone().spawn(async move {
             let started = Instant::now();
-            let planned = tokio::time::timeout(limit, plan(&engine, snapshot, &sql)).await;
-            engine.charge(&ctx, started.elapsed());
+            let planned =
+                match tokio::time::timeout(limit, on_cpu(plan(&engine, snapshot, &sql))).await {
+                    Ok((planned, cpu)) => {
+                        engine.charge(&ctx, cpu);
+                        Ok(planned)
+                    }
+                    Err(elapsed) => {
+                        engine.charge(&ctx, limit);
+                        Err(elapsed)
+                    }
+                };
             // The place is given back before the answer goes out, so that a
             // client's next call (DoGet after GetFlightInfo) finds it free.
             let admission = (execute && matches!(planned, Ok(Ok(_)))).then_some(admission);
@@ -127,17 +136,24 @@ impl SqlService {
                         engine.charge(&ctx, step.elapsed());
                         return;
                     }
-                    item = tokio::time::timeout(left, stream.next()) => item,
+                    item = tokio::time::timeout(left, on_cpu(stream.next())) => item,
                 };
                 let spent = step.elapsed();
-                engine.charge(&ctx, spent);
                 left = left.saturating_sub(spent);
                 let item = match item {
-                    Err(_) => Err(FlightError::Tonic(Box::new(
-                        Error::QueryTimeout { limit }.into(),
-                    ))),
-                    Ok(None) => return,
-                    Ok(Some(item)) => item.map_err(query_error),
+                    Err(_) => {
+                        engine.charge(&ctx, spent);
+                        Err(FlightError::Tonic(Box::new(
+                            Error::QueryTimeout { limit }.into(),
+                        )))
+                    }
+                    Ok((item, cpu)) => {
+                        engine.charge(&ctx, cpu);
+                        match item {
+                            None => return,
+                            Some(item) => item.map_err(query_error),
+                        }
+                    }
                 };
                 let last = item.is_err();
                 if tx.send(item).await.is_err() || last {
@@ -191,6 +207,41 @@ pub async fn check_and_plan(engine: &QueryEngine, sql: &str) -> Result<()> {
         .await
         .map(|_| ())
         .map_err(|e| sql_error(&e))
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given, and
+    // CLOCK_THREAD_CPUTIME_ID is a valid clock on every platform we build.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Runs `fut` and says how much CPU its polls took. Each poll runs wholly on
+/// one thread, so this is the query's own computing, not time it waited
+/// for a core (the query workers run at the lowest priority, and a busy
+/// machine must not make an org's queries cost it more of its budget).
+async fn on_cpu<F: std::future::Future>(fut: F) -> (F::Output, std::time::Duration) {
+    let mut fut = std::pin::pin!(fut);
+    let mut spent = std::time::Duration::ZERO;
+    let out = std::future::poll_fn(|cx| {
+        let before = thread_cpu();
+        let poll = fut.as_mut().poll(cx);
+        spent += thread_cpu().saturating_sub(before);
+        poll
+    })
+    .await;
+    (out, spent)
 }
 
 /// A session holding only the caller's `events` table.

@@ -224,8 +224,8 @@ async fn a_query_over_its_time_limit_is_stopped_and_says_so() {
 #[tokio::test]
 async fn an_org_running_heavy_queries_back_to_back_gets_its_share_of_computing_time() {
     // Queries may compute for 2 s each, and an org for 1 s per minute: the
-    // bucket (2 s) is spent by the first query stopped at its limit, or by
-    // the second, and the org must then wait, told for how long.
+    // bucket (2 s) is spent by the queries stopped at their limit, and the
+    // org must then wait, told for how long.
     let server = TestServer::builder()
         .toml("[flight_sql]\nquery_timeout = \"2s\"\norg_query_seconds_per_minute = 1")
         .start()
@@ -234,9 +234,16 @@ async fn an_org_running_heavy_queries_back_to_back_gets_its_share_of_computing_t
     let other = server.token("other", Role::Admin);
     ingest_padded(&server, &admin, 2_000, 0).await;
     ingest_padded(&server, &other, 10, 0).await;
+    // Each query stopped at 2 s is charged the CPU its polls took: up to
+    // 2 s, less when a busy machine gave the (lowest-priority) query
+    // workers less, so how many run before the refusal varies.
     let mut stopped = 0;
+    let started = Instant::now();
     let refused = loop {
-        assert!(stopped < 3, "{stopped} heavy queries ran, none refused");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{stopped} heavy queries ran, none refused"
+        );
         match server.sql(&admin, CROSS).await.map_err(flight_status) {
             Err(s) if s.code() == tonic::Code::DeadlineExceeded => stopped += 1,
             Err(s) => break s,
